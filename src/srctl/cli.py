@@ -1,0 +1,64 @@
+"""The `srctl` command line: a thin layer over the modules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from srctl.errors import SrctlError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def main() -> None:
+    """Train, track and serve ESPCN super-resolution models (see README.md)."""
+
+
+def _default_model() -> str:
+    from srctl import params as P
+
+    try:
+        p = P.load()
+        return f"{p.registered_name}@{p.register.alias}"
+    except SrctlError:  # outside a project checkout
+        return "espcn-x3@champion"
+
+
+@app.command()
+def infer(
+    images: List[Path] = typer.Argument(..., help="Image files to upscale."),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="Use the model logged by this MLflow run."),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="Registered model as NAME@ALIAS or NAME/VERSION [default: <name>-x<scale>@champion]."
+    ),
+    output: Optional[Path] = typer.Option(
+        None, "-o", "--output", help="Output file (one input) or folder (several) [default: <stem>_x<scale>.png beside each input]."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing output files (never an input)."),
+) -> None:
+    """Upscale images: the network upscales Y, Cb and Cr are upscaled bicubically."""
+    from srctl import infer as I
+    from srctl import registry
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # keep stderr for what the user must read
+
+    try:
+        for p in images:  # fail on a bad path before paying for the model download
+            if not p.is_file():
+                raise SrctlError(f"{p}: no such file")
+        uri = registry.model_uri(run_id, None if run_id else (model or _default_model()))
+        failed = I.infer(images, registry.fetch_model(uri), output, force)
+    except SrctlError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
+    if failed:
+        typer.echo(f"error: {failed} of {len(images)} images failed", err=True)
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,87 @@
+"""ESPCN (Shi et al., CVPR 2016): convolutions on the low-resolution image, then one sub-pixel shuffle.
+
+Saved as safetensors weights plus a JSON config: loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from srctl.errors import SrctlError
+from srctl.files import atomic_path
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+
+class ESPCN(nn.Module):
+    """conv5x5 1->64, conv3x3 64->64, conv3x3 64->32 (ReLU after each), conv3x3 32->r^2, PixelShuffle(r)."""
+
+    def __init__(self, scale: int = 3, features: tuple[int, ...] = (64, 64, 32)):
+        super().__init__()
+        self.scale, self.features = scale, tuple(features)
+        chans = (1, *self.features)
+        layers: list[nn.Module] = []
+        for i, (cin, cout) in enumerate(zip(chans, chans[1:])):
+            k = 5 if i == 0 else 3
+            layers += [nn.Conv2d(cin, cout, k, padding=k // 2), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(chans[-1], scale**2, 3, padding=1), nn.PixelShuffle(scale)]
+        self.body = nn.Sequential(*layers)
+        convs = [m for m in self.body if isinstance(m, nn.Conv2d)]
+        for conv in convs[:-1]:  # orthogonal init as in the seed: ReLU gain, plain for the last layer
+            nn.init.orthogonal_(conv.weight, nn.init.calculate_gain("relu"))
+        nn.init.orthogonal_(convs[-1].weight)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.body(y)
+
+    def config(self) -> dict:
+        return {"arch": "espcn", "scale": self.scale, "features": list(self.features)}
+
+
+def save(model: ESPCN, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+    with atomic_path(folder / CONFIG) as tmp:
+        tmp.write_text(json.dumps(model.config(), indent=2) + "\n")
+
+
+def _validated(config: object, where: Path) -> tuple[int, tuple[int, ...]]:
+    ok = (
+        isinstance(config, dict)
+        and config.get("arch") == "espcn"
+        and config.get("scale") in (2, 3, 4)
+        and isinstance(config.get("features"), list)
+        and 1 <= len(config["features"]) <= 8
+        and all(isinstance(f, int) and 1 <= f <= 1024 for f in config["features"])
+    )
+    if not ok:
+        raise SrctlError(f"{where}: not a valid ESPCN config (need arch=espcn, scale 2-4, features list)")
+    return config["scale"], tuple(config["features"])
+
+
+def load(folder: Path, device: str | torch.device = "cpu") -> ESPCN:
+    """Build the network from config.json and load model.safetensors into it, strictly."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / CONFIG).read_text())
+        state = load_file(str(folder / WEIGHTS), device="cpu")
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise SrctlError(f"cannot load model from {folder}: {exc}") from exc
+    scale, features = _validated(config, folder / CONFIG)
+    model = ESPCN(scale, features)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise SrctlError(f"{folder / WEIGHTS}: weights do not match config.json") from exc
+    return model.to(device).eval()

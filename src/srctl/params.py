@@ -1,0 +1,124 @@
+"""The one place that reads params.yaml and knows where the project lives."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from srctl.errors import SrctlError
+
+
+@dataclass(frozen=True)
+class Download:
+    url: str = "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/bsds/BSDS300-images.tgz"
+    # sha256 over the 300 JPEGs (see download.content_hash): holds for the tarball and an extracted copy.
+    content_sha256: str = "44584b06a9d2f22028d345f087f99d2428a5b6c410e8bede069770a60a8a24ef"
+    retries: int = 3
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Prepare:
+    max_train_images: int = 0  # 0 = all
+    max_test_images: int = 0
+
+
+@dataclass(frozen=True)
+class Train:
+    epochs: int = 10
+    steps_per_epoch: int = 300
+    batch_size: int = 64
+    patch_size: int = 17  # side of a low-resolution patch, as in the ESPCN paper (17r x 17r HR)
+    lr: float = 1e-3
+    lr_final: float = 1e-5  # cosine decay from lr to lr_final over all steps
+    precision: str = "auto"  # auto: bf16/fp16 autocast where the hardware has it; fp32: never
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    max_images: int = 0  # 0 = all 100 BSDS300 test images
+    samples: int = 3  # bicubic | SR | HR pictures logged to MLflow
+
+
+@dataclass(frozen=True)
+class Register:
+    model_name: str = "espcn"  # registered as <model_name>-x<scale>
+    alias: str = "champion"
+
+
+@dataclass(frozen=True)
+class Params:
+    scale: int = 3
+    seed: int = 0
+    download: Download = field(default_factory=Download)
+    prepare: Prepare = field(default_factory=Prepare)
+    train: Train = field(default_factory=Train)
+    evaluate: Evaluate = field(default_factory=Evaluate)
+    register: Register = field(default_factory=Register)
+
+    @property
+    def registered_name(self) -> str:
+        return f"{self.register.model_name}-x{self.scale}"
+
+    def flat(self) -> dict[str, object]:
+        """`train.lr`-style keys, the way `dvc exp run -S` and MLflow name them."""
+        out: dict[str, object] = {}
+        for key, value in dataclasses.asdict(self).items():
+            if isinstance(value, dict):
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
+
+def project_root() -> Path:
+    """The repo root: DVC_ROOT when DVC runs a stage, else the nearest folder above cwd with dvc.yaml.
+
+    `dvc exp run --temp/--queue` runs stages in <root>/.dvc/tmp/exps/...; the store must stay in <root>.
+    """
+    start = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+    if ".dvc" in start.parts:
+        start = Path(*start.parts[: start.parts.index(".dvc")])
+    for folder in (start, *start.parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    return start
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise SrctlError(f"params.yaml: '{where}' must be a mapping")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise SrctlError(f"params.yaml: unknown key(s) in '{where}': {', '.join(unknown)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, name)
+        elif isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            kwargs[name] = float(value)
+        elif type(value) is not type(default):
+            raise SrctlError(f"params.yaml: '{where}.{name}' must be {type(default).__name__}, got {value!r}")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load(path: Path | None = None) -> Params:
+    path = path or project_root() / "params.yaml"
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SrctlError(f"cannot read {path}: {exc}") from exc
+    params = _build(Params, values, "params")
+    if params.train.precision not in ("auto", "fp32"):
+        raise SrctlError(f"params.yaml: train.precision must be auto or fp32, got {params.train.precision!r}")
+    if params.scale not in (2, 3, 4):
+        raise SrctlError(f"params.yaml: scale must be 2, 3 or 4, got {params.scale}")
+    return params

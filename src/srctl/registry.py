@@ -1,0 +1,180 @@
+"""The one place that talks to MLflow: tracking runs, logging models, the Model Registry.
+
+Default store: `sqlite:///<repo>/mlflow.db` with artifacts in `<repo>/mlartifacts`, found from the repo
+root (DVC_ROOT under DVC), not from the cwd. `MLFLOW_TRACKING_URI` points everything at a team server.
+
+Also stage `register`: registers the trained model and moves the alias to it when it scores better.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from srctl import params as P
+from srctl.errors import SrctlError, run_stage
+from srctl.files import write_json
+
+EXPERIMENT = "srctl"
+MODEL_ARTIFACT = "model"  # runs:/<run_id>/model
+SCORE = "psnr"  # what makes a champion: mean BSDS300 test PSNR (dB), from the evaluate stage
+RUN_FILE = "models/mlflow_run.json"  # written by train: which MLflow run made models/espcn
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root or P.project_root()}/mlflow.db"
+
+
+def _mlflow():
+    """Import MLflow lazily (it costs seconds) and point it at this project's store."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow
+
+
+def _experiment_id(mlflow) -> str:
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
+    found = mlflow.get_experiment_by_name(name)
+    if found:
+        return found.experiment_id
+    # Embedded store: keep artifacts beside mlflow.db rather than under whatever the cwd is.
+    embedded = mlflow.get_tracking_uri() == f"sqlite:///{P.project_root()}/mlflow.db"
+    location = (P.project_root() / "mlartifacts").as_uri() if embedded else None
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def _git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+@contextlib.contextmanager
+def training_run(params: P.Params, dataset_sha256: str) -> Iterator[object]:
+    """An MLflow run holding every param and the provenance tags; FAILED/KILLED if the block raises."""
+    mlflow = _mlflow()
+    exp_name = os.environ.get("DVC_EXP_NAME")
+    tags = {"dataset_sha256": dataset_sha256, "scale": str(params.scale)}
+    if commit := _git_commit(P.project_root()):
+        tags["git_commit"] = commit
+    if exp_name:
+        tags["dvc_exp_name"] = exp_name
+    with mlflow.start_run(experiment_id=_experiment_id(mlflow), run_name=exp_name, tags=tags) as run:
+        mlflow.log_params(params.flat())
+        yield run
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    _mlflow().log_metrics(metrics, step=step)
+
+
+def log_model(model_dir: Path) -> str:
+    """Log the model as a pyfunc whose loader is srctl.infer: weights + JSON, no pickle, no cloudpickle.
+
+    Returns its `models:/m-...` URI (MLflow 3's LoggedModel), the one to register."""
+    import srctl
+
+    mlflow = _mlflow()
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_ARTIFACT,
+        loader_module="srctl.infer",
+        data_path=str(model_dir),
+        code_paths=[str(Path(srctl.__file__).parent)],  # the model carries the code that runs it
+        pip_requirements=["torch", "pillow", "numpy", "safetensors"],  # skips a slow environment scan
+    )
+    return info.model_uri
+
+
+def log_evaluation(run_id: str, metrics: dict[str, float], images: dict[str, object]) -> None:
+    """Add evaluation metrics and sample pictures to a finished training run."""
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    for name, image in images.items():
+        client.log_image(run_id, image, artifact_file=f"samples/{name}.png")
+
+
+def model_uri(run_id: str | None = None, model: str | None = None) -> str:
+    """`runs:/<id>/model` for --run-id, `models:/NAME@ALIAS` or `models:/NAME/VERSION` for --model."""
+    if run_id and model:
+        raise SrctlError("give either --run-id or --model, not both")
+    if run_id:
+        return f"runs:/{run_id}/{MODEL_ARTIFACT}"
+    if not model or not ("@" in model or "/" in model):
+        raise SrctlError(f"--model must be NAME@ALIAS or NAME/VERSION, got {model!r}")
+    return f"models:/{model}"
+
+
+def fetch_model(uri: str, dest: Path | None = None) -> Path:
+    """Download a logged model's folder and return the path of its weights + config inside it."""
+    mlflow = _mlflow()
+    dest = dest or Path(tempfile.mkdtemp(prefix="srctl-model-"))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+    except Exception as exc:  # MLflow raises several types (MlflowException, OSError, HTTP errors)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SrctlError(f"cannot load model {uri} from {tracking_uri()}: {first}") from exc
+    # pyfunc keeps data_path under the model folder, named after the original folder
+    configs = sorted(local.rglob("config.json"))
+    if not configs:
+        raise SrctlError(f"{uri}: no srctl model (config.json) in it")
+    return configs[0].parent
+
+
+def register(run_id: str, model_uri: str, name: str, alias: str) -> dict:
+    """Register the run's model; move `alias` to it if its PSNR beats the current holder's (or none)."""
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    score = client.get_run(run_id).data.metrics.get(SCORE)
+    if score is None:
+        raise SrctlError(f"run {run_id} has no '{SCORE}' metric; run the evaluate stage first")
+    version = mlflow.register_model(model_uri, name).version
+    try:
+        holder = client.get_model_version_by_alias(name, alias)
+        best = client.get_run(holder.run_id).data.metrics.get(SCORE, float("-inf"))
+    except mlflow.exceptions.MlflowException:
+        holder, best = None, float("-inf")
+    promoted = score > best
+    if promoted:
+        client.set_registered_model_alias(name, alias, version)
+    return {
+        "name": name,
+        "version": int(version),
+        SCORE: score,
+        "alias": alias,
+        "promoted": promoted,
+        "previous_version": int(holder.version) if holder else None,
+    }
+
+
+def main() -> None:
+    params, root = P.load(), P.project_root()
+    run = read_run(root)
+    result = register(run["run_id"], run["model_uri"], params.registered_name, params.register.alias)
+    write_json(root / "models" / "registered.json", result)
+    moved = f"alias '{result['alias']}' -> v{result['version']}" if result["promoted"] else "alias unchanged"
+    print(f"register: {result['name']} v{result['version']} ({SCORE} {result[SCORE]:.2f} dB), {moved}")
+
+
+def read_run(root: Path) -> dict[str, str]:
+    """What train recorded of its MLflow run: run_id, experiment_id, model_uri."""
+    import json
+
+    try:
+        run = json.loads((root / RUN_FILE).read_text())
+        return {k: str(run[k]) for k in ("run_id", "experiment_id", "model_uri")}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SrctlError(f"{root / RUN_FILE}: no MLflow run recorded; run the train stage first") from exc
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,58 @@
+"""Shared fixtures: the real datasets from ../shared/datasets, a real sqlite MLflow store per test."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+
+from srctl import params as P
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+BSDS300 = DATASETS / "BSDS300"
+
+
+def pytest_sessionstart(session):
+    # The datasets are part of the test environment: a missing copy is an error, never a skip.
+    if not (BSDS300 / "images" / "train").is_dir():
+        raise pytest.UsageError(f"{BSDS300} is missing: tests need the shared dataset copy beside the repo")
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.chdir(tmp_path)  # the run's artifacts land in tmp_path/mlruns, not in the repo
+    return uri
+
+
+@pytest.fixture(scope="session")
+def raw_dir(tmp_path_factory) -> Path:
+    """data/raw with a few BSDS300 images (4 train, 2 test), laid out as the download stage leaves it."""
+    raw = tmp_path_factory.mktemp("raw")
+    for split, n in (("train", 4), ("test", 2)):
+        dst = raw / "BSDS300" / "images" / split
+        dst.mkdir(parents=True)
+        for src in sorted((BSDS300 / "images" / split).glob("*.jpg"))[:n]:
+            shutil.copy(src, dst)
+    return raw
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(raw_dir, tmp_path_factory) -> Path:
+    from srctl.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "prepared"
+    prepare(raw_dir, out, 3, P.Prepare())
+    return out
+
+
+def tiny_params(**train) -> P.Params:
+    """Default params with a training run of a few seconds."""
+    base = P.load(ROOT / "params.yaml")
+    t = dataclasses.replace(base.train, **{"epochs": 2, "steps_per_epoch": 5, "batch_size": 8, **train})
+    return dataclasses.replace(base, train=t)

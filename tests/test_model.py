@@ -1,0 +1,47 @@
+import json
+
+import pytest
+import torch
+
+from srctl import model as M
+from srctl.errors import SrctlError
+
+
+def test_seed_architecture_and_shapes():
+    net = M.ESPCN(3)
+    assert sum(p.numel() for p in net.parameters()) == 59_657
+    assert net(torch.rand(2, 1, 10, 12)).shape == (2, 1, 30, 36)
+    assert M.ESPCN(2)(torch.rand(1, 1, 5, 5)).shape == (1, 1, 10, 10)
+
+
+def test_orthogonal_init():
+    w = M.ESPCN(3).body[0].weight.reshape(64, -1)  # 64 x 25: orthonormal columns times the ReLU gain
+    gram = w.T @ w / torch.nn.init.calculate_gain("relu") ** 2
+    torch.testing.assert_close(gram, torch.eye(25), atol=1e-4, rtol=0)
+
+
+def test_save_load_roundtrip_without_pickle(tmp_path):
+    net = M.ESPCN(4)
+    M.save(net, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    back = M.load(tmp_path)
+    x = torch.rand(1, 1, 8, 8)
+    torch.testing.assert_close(back(x), net.eval()(x))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"arch": "srcnn", "scale": 3, "features": [64]}, {"arch": "espcn", "scale": 9, "features": [64]}, [1, 2]],
+)
+def test_invalid_config_is_refused(tmp_path, config):
+    M.save(M.ESPCN(3), tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SrctlError, match="not a valid ESPCN config"):
+        M.load(tmp_path)
+
+
+def test_weights_that_do_not_match_the_config(tmp_path):
+    M.save(M.ESPCN(3), tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"arch": "espcn", "scale": 2, "features": [64, 64, 32]}))
+    with pytest.raises(SrctlError, match="do not match"):
+        M.load(tmp_path)

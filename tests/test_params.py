@@ -1,0 +1,46 @@
+from pathlib import Path
+
+import pytest
+
+from srctl import params as P
+from srctl.errors import SrctlError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_repo_params_load_and_flatten():
+    p = P.load(ROOT / "params.yaml")
+    assert p.scale == 3 and p.registered_name == "espcn-x3"
+    flat = p.flat()
+    assert flat["train.lr"] == p.train.lr and flat["scale"] == 3
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train: {lrr: 0.1}", "unknown key(s) in 'train': lrr"),
+        ("train: {epochs: ten}", "'train.epochs' must be int"),
+        ("scale: 5", "scale must be 2, 3 or 4"),
+        ("train: [1, 2]", "'train' must be a mapping"),
+        ("train: {precision: fp8}", "train.precision must be auto or fp32"),
+    ],
+)
+def test_bad_params_are_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(SrctlError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        P.load(path)
+
+
+def test_project_root_from_dvc_root_and_exp_temp_dir(tmp_path, monkeypatch):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    temp = tmp_path / ".dvc" / "tmp" / "exps" / "abc"
+    temp.mkdir(parents=True)
+    (temp / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.setenv("DVC_ROOT", str(temp))
+    assert P.project_root() == tmp_path  # `dvc exp run --temp` keeps the store in the real repo
+    monkeypatch.delenv("DVC_ROOT")
+    sub = tmp_path / "src"
+    sub.mkdir()
+    monkeypatch.chdir(sub)
+    assert P.project_root() == tmp_path

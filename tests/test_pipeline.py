@@ -1,0 +1,111 @@
+"""End to end: the real `dvc repro` in a temporary git repo, a real sqlite MLflow store at its root,
+then the real `srctl infer --run-id` on a real photo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import BSDS300, ROOT
+
+TINY = {
+    "prepare": {"max_train_images": 4, "max_test_images": 2},
+    "train": {"epochs": 1, "steps_per_epoch": 20, "batch_size": 16},
+    "evaluate": {"max_images": 3, "samples": 3},
+}
+
+
+def _copy_project(dst: Path) -> None:
+    """The project's files as git sees them (tracked or not ignored), in a fresh git repo."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dst / name)
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    for group, values in TINY.items():
+        params[group].update(values)
+    (dst / "params.yaml").write_text(yaml.safe_dump(params))
+    git = lambda *a: subprocess.run(["git", *a], cwd=dst, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("clone")
+    _copy_project(repo)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "DVC_"))}
+    env.update(SRCTL_DATA_MIRROR=str(BSDS300), PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    res = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return repo, env
+
+
+def test_repro_writes_every_stage_output(repo):
+    repo, env = repo
+    for path in ("data/raw/BSDS300", "data/prepared/train.safetensors", "models/espcn/model.safetensors",
+                 "metrics/train.json", "metrics/train_log.csv", "metrics/evaluate.json", "mlflow.db"):
+        assert (repo / path).exists(), path
+    metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    assert metrics["images"] == 3 and 20 < metrics["bicubic_psnr"] < 40
+    status = subprocess.run(["dvc", "status"], cwd=repo, env=env, capture_output=True, text=True)
+    assert "up to date" in status.stdout  # a second `dvc repro` would do nothing
+
+
+def test_run_is_complete_in_mlflow_and_registered(repo):
+    repo, _ = repo
+    import mlflow
+
+    run_id = json.loads((repo / "models" / "mlflow_run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert {"train.lr", "train.epochs", "scale", "seed"} <= set(run.data.params)
+    assert {"psnr", "ssim", "bicubic_psnr", "test_psnr", "train_loss", "train_seconds"} <= set(run.data.metrics)
+    assert run.data.tags["git_commit"] and len(run.data.tags["dataset_sha256"]) == 64
+    samples = [a.path for a in client.list_artifacts(run_id, "samples")]
+    assert len(samples) == 3
+    assert run.info.artifact_uri.startswith((repo / "mlartifacts").as_uri())  # beside mlflow.db
+    champion = client.get_model_version_by_alias("espcn-x3", "champion")
+    assert champion.version == 1 and champion.run_id == run_id
+    assert json.loads((repo / "models" / "registered.json").read_text())["promoted"] is True
+
+
+def test_infer_with_the_run_id_on_a_photo(repo, tmp_path):
+    repo, env = repo
+    run_id = json.loads((repo / "models" / "mlflow_run.json").read_text())["run_id"]
+    photo = tmp_path / "photo.jpg"
+    shutil.copy(BSDS300 / "images" / "test" / "3096.jpg", photo)
+    srctl = Path(sys.executable).parent / "srctl"
+    res = subprocess.run([srctl, "infer", "--run-id", run_id, str(photo)], cwd=repo, env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "photo_x3.png"
+    assert str(out) in res.stdout
+    small, big = Image.open(photo).convert("RGB"), Image.open(out)
+    assert big.size == (small.width * 3, small.height * 3) and big.mode == "RGB"
+    # colours survive: the result is close to a bicubic upscale, channel by channel
+    ref = np.asarray(small.resize(big.size, Image.Resampling.BICUBIC), dtype=float)
+    got = np.asarray(big, dtype=float)
+    assert np.abs(got.mean(axis=(0, 1)) - ref.mean(axis=(0, 1))).max() < 3
+    assert 10 * np.log10(255**2 / ((got - ref) ** 2).mean()) > 20  # 20 training steps: near bicubic, not noise
+
+    # the default (champion of params.yaml's name) works too, with -o
+    res = subprocess.run([srctl, "infer", str(photo), "-o", str(tmp_path / "c.png")], cwd=repo, env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert Image.open(tmp_path / "c.png").size == big.size

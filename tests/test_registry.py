@@ -1,0 +1,65 @@
+"""Registry behaviour against a real sqlite MLflow store."""
+
+from __future__ import annotations
+
+import pytest
+
+from srctl import model as M
+from srctl import registry
+from srctl.errors import SrctlError
+
+from conftest import tiny_params
+
+
+def _logged_run(tmp_path, psnr: float | None) -> str:
+    """A finished run holding a logged srctl model and (optionally) an evaluation PSNR."""
+    folder = tmp_path / f"m{psnr}"
+    M.save(M.ESPCN(3), folder)
+    with registry.training_run(tiny_params(), "0" * 64) as run:
+        uri = registry.log_model(folder)
+    if psnr is not None:
+        registry.log_evaluation(run.info.run_id, {"psnr": psnr}, {})
+    return run.info.run_id, uri
+
+
+def test_champion_moves_only_to_a_better_model(tmp_path, mlflow_store):
+    first_run, first_uri = _logged_run(tmp_path, 28.0)
+    first = registry.register(first_run, first_uri, "espcn-x3", "champion")
+    assert first["version"] == 1 and first["promoted"] and first["previous_version"] is None
+    worse = registry.register(*_logged_run(tmp_path, 27.5), "espcn-x3", "champion")
+    assert worse["version"] == 2 and not worse["promoted"]
+    better = registry.register(*_logged_run(tmp_path, 28.4), "espcn-x3", "champion")
+    assert better["promoted"] and better["previous_version"] == 1
+
+    import mlflow
+
+    assert mlflow.MlflowClient().get_model_version_by_alias("espcn-x3", "champion").version == 3
+    # every way of naming a model resolves to the same weights + config
+    for uri in ("models:/espcn-x3@champion", "models:/espcn-x3/3", f"runs:/{first_run}/model"):
+        assert (registry.fetch_model(uri, tmp_path / uri.replace(":", "").replace("/", "_")) / "config.json").is_file()
+
+
+def test_register_needs_an_evaluated_run(tmp_path, mlflow_store):
+    with pytest.raises(SrctlError, match="no 'psnr' metric"):
+        registry.register(*_logged_run(tmp_path, None), "espcn-x3", "champion")
+
+
+def test_default_store_is_at_the_project_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "src").mkdir()
+    monkeypatch.chdir(tmp_path / "src")
+    assert registry.tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert registry.tracking_uri() == "http://127.0.0.1:5000"
+
+
+@pytest.mark.parametrize("run_id, model", [("abc", "x@champion"), (None, "espcn-x3"), (None, None)])
+def test_model_uri_rejects_ambiguous_or_malformed(run_id, model):
+    with pytest.raises(SrctlError):
+        registry.model_uri(run_id, model)
+
+
+def test_unknown_run_is_a_clear_error(mlflow_store):
+    with pytest.raises(SrctlError, match="cannot load model runs:/0123/model"):
+        registry.fetch_model("runs:/0123/model")

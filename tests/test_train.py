@@ -1,0 +1,74 @@
+import json
+
+import pytest
+import torch
+
+from srctl import model as M
+from srctl import train as T
+from srctl.errors import SrctlError
+from srctl.prepare import load_split
+
+from conftest import tiny_params
+
+
+def test_patches_are_aligned_with_their_hr_blocks(prepared_dir):
+    import random
+
+    data, _ = load_split(prepared_dir, "train")
+    # make HR a known function of position so that alignment can be checked exactly
+    lr, hr = data["lr"].clone(), data["hr"].clone()
+    gen = torch.Generator().manual_seed(1)
+    a, b = T.sample_patches(lr, hr, 16, 7, 3, gen, random.Random(1))
+    assert a.shape == (16, 1, 7, 7) and b.shape == (16, 1, 21, 21)
+    # every LR patch is the bicubic downscale of its HR block: their means agree closely
+    assert (a.mean(dim=(1, 2, 3)) - b.mean(dim=(1, 2, 3))).abs().max() < 0.03
+
+
+def _run(params, prepared_dir, tmp_path, name):
+    out = tmp_path / name
+    summary = T.train(params, prepared_dir, out / "model", out / "metrics", out / "run.json")
+    return summary, out
+
+
+def test_training_logs_to_mlflow_and_is_reproducible(prepared_dir, tmp_path, mlflow_store):
+    import mlflow
+
+    params = tiny_params(precision="fp32")
+    s1, out1 = _run(params, prepared_dir, tmp_path, "a")
+    s2, out2 = _run(params, prepared_dir, tmp_path, "b")
+    w1, w2 = M.load(out1 / "model").state_dict(), M.load(out2 / "model").state_dict()
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)  # same seed, same weights
+    assert s1["final_train_loss"] == s2["final_train_loss"]
+
+    run_id = json.loads((out1 / "run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.lr"] == str(params.train.lr) and run.data.params["scale"] == "3"
+    assert len(run.data.tags["dataset_sha256"]) == 64
+    assert [m.step for m in client.get_metric_history(run_id, "test_psnr")] == [1, 2]
+    assert (out1 / "metrics" / "train_log.csv").read_text().startswith("epoch,train_loss,test_psnr")
+    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")  # loadable back with MLflow
+    assert loaded.metadata.flavors["python_function"]["loader_module"] == "srctl.infer"
+
+
+def test_loss_falls(prepared_dir, tmp_path, mlflow_store):
+    summary, out = _run(tiny_params(epochs=3, steps_per_epoch=40, batch_size=16), prepared_dir, tmp_path, "c")
+    rows = (out / "metrics" / "train_log.csv").read_text().splitlines()[1:]
+    losses = [float(r.split(",")[1]) for r in rows]
+    assert losses[-1] < losses[0]
+
+
+def test_failed_training_marks_the_run_failed(prepared_dir, tmp_path, mlflow_store):
+    import mlflow
+
+    with pytest.raises(SrctlError, match="training loss is (nan|inf)"):
+        _run(tiny_params(lr=1e30, lr_final=1e30, precision="fp32"), prepared_dir, tmp_path, "d")
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert list(runs["status"]) == ["FAILED"]
+    assert not (tmp_path / "d" / "model").exists()  # no half-trained model left as if it were done
+
+
+def test_patch_larger_than_images_is_refused(prepared_dir, tmp_path, mlflow_store):
+    with pytest.raises(SrctlError, match="patch_size"):
+        _run(tiny_params(patch_size=500), prepared_dir, tmp_path, "e")
