@@ -44,7 +44,9 @@ def infer(
     from srctl import infer as I
     from srctl import registry
 
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # keep stderr for what the user must read
+    # keep stderr for what the user must read: no INFO lines, no download progress bars
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     try:
         for p in images:  # fail on a bad path before paying for the model download

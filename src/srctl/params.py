@@ -29,8 +29,8 @@ class Prepare:
 
 @dataclass(frozen=True)
 class Train:
-    epochs: int = 10
-    steps_per_epoch: int = 300
+    epochs: int = 30
+    steps_per_epoch: int = 1000
     batch_size: int = 64
     patch_size: int = 17  # side of a low-resolution patch, as in the ESPCN paper (17r x 17r HR)
     lr: float = 1e-3
