@@ -109,3 +109,39 @@ def test_infer_with_the_run_id_on_a_photo(repo, tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert Image.open(tmp_path / "c.png").size == big.size
+
+
+def test_dvc_exp_run_is_its_own_mlflow_run_in_the_repo_store(repo):
+    """`dvc exp run -S ...` (as the README says) logs a new run tagged with the experiment's name."""
+    repo, env = repo
+    import mlflow
+
+    res = subprocess.run(["dvc", "exp", "run", "-n", "tiny-lr", "-S", "train.lr=0.002"], cwd=repo, env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    runs = client.search_runs(client.get_experiment_by_name("srctl").experiment_id)
+    exp_runs = [r for r in runs if r.data.tags.get("dvc_exp_name") == "tiny-lr"]
+    assert len(runs) == 2 and len(exp_runs) == 1
+    assert exp_runs[0].data.params["train.lr"] == "0.002" and "psnr" in exp_runs[0].data.metrics
+    assert len(client.search_model_versions("name='espcn-x3'")) == 2
+
+
+def test_fresh_clone_of_a_committed_result_trains_evaluates_and_registers_again(repo, tmp_path):
+    """A clone has the committed dvc.lock and metrics but no data, models or MLflow store: every
+    stage must run again, the MLflow side included (not only what DVC caches)."""
+    repo, env = repo
+    git = lambda *a, cwd=repo: subprocess.run(["git", *a], cwd=cwd, check=True, capture_output=True)  # noqa: E731
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "result")
+    clone = tmp_path / "clone"
+    git("clone", "-q", str(repo), str(clone))
+    res = subprocess.run(["dvc", "repro"], cwd=clone, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for stage in ("download", "prepare", "train", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in res.stdout
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{clone}/mlflow.db")
+    champion = client.get_model_version_by_alias("espcn-x3", "champion")
+    assert champion.version == 1 and "psnr" in client.get_run(champion.run_id).data.metrics

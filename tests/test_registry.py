@@ -30,6 +30,8 @@ def test_champion_moves_only_to_a_better_model(tmp_path, mlflow_store):
     assert worse["version"] == 2 and not worse["promoted"]
     better = registry.register(*_logged_run(tmp_path, 28.4), "espcn-x3", "champion")
     assert better["promoted"] and better["previous_version"] == 1
+    again = registry.register(first_run, first_uri, "espcn-x3", "champion")
+    assert again["version"] == 1 and not again["promoted"]  # re-registering a run adds no version
 
     import mlflow
 

@@ -137,7 +137,9 @@ def register(run_id: str, model_uri: str, name: str, alias: str) -> dict:
     score = client.get_run(run_id).data.metrics.get(SCORE)
     if score is None:
         raise SrctlError(f"run {run_id} has no '{SCORE}' metric; run the evaluate stage first")
-    version = mlflow.register_model(model_uri, name).version
+    # the same run registered again (evaluate re-run, say) reuses its version instead of adding one
+    same = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    version = same[0].version if same else mlflow.register_model(model_uri, name).version
     try:
         holder = client.get_model_version_by_alias(name, alias)
         best = client.get_run(holder.run_id).data.metrics.get(SCORE, float("-inf"))
