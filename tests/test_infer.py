@@ -7,6 +7,7 @@ import io
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from PIL import Image
 
 from srctl import model as M
 from srctl.errors import SrctlError
-from srctl.infer import PyfuncModel, infer, output_paths, upscale_image
+from srctl.infer import PyfuncModel, infer, open_image, output_paths, upscale_image
 
 from conftest import BSDS300, DATASETS
 
@@ -94,3 +95,124 @@ def test_cli_unknown_run_is_one_line_error(tmp_path, photo, monkeypatch):
     assert res.stderr.startswith("error: cannot load model runs:/0123456789abcdef/model")
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
     assert not (tmp_path / "photo_x3.png").exists()
+
+
+# --- odd and bad inputs ----------------------------------------------------------------------------
+
+def _bomb_png(path):
+    """A valid 8x8 PNG whose header is rewritten to claim 60000x60000 pixels (CRC fixed up)."""
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = struct.pack(">II", 60000, 60000)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+
+
+def _odd_images(folder):
+    """name -> (path, expected output mode) for images that are odd but valid."""
+    src = Image.open(BSDS300 / "images" / "test" / "3096.jpg").convert("RGB").crop((0, 0, 40, 30))
+    cases = {}
+
+    def put(name, img, mode, **save):
+        path = folder / name
+        img.save(path, **save)
+        cases[name] = (path, mode)
+
+    put("palette.png", src.convert("P", palette=Image.Palette.ADAPTIVE), "RGB")
+    put("cmyk.jpg", src.convert("CMYK"), "RGB")
+    put("gray.png", src.convert("L"), "L")
+    put("la.png", src.convert("LA"), "LA")
+    rgba = src.copy()
+    rgba.putalpha(Image.linear_gradient("L").resize(src.size))
+    put("rgba.png", rgba, "RGBA")
+    put("sixteen.png", Image.fromarray((np.asarray(src.convert("L"), dtype=np.uint16) * 257)), "L")
+    put("one.png", Image.new("RGB", (1, 1), (200, 10, 10)), "RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW to display
+    put("rotated.jpg", src, "RGB", exif=exif)
+    put("My Photo.JPG", src, "RGB", format="JPEG")
+    return cases
+
+
+def test_odd_images_are_upscaled_right(tmp_path):
+    net = M.ESPCN(3).eval()
+    for name, (path, mode) in _odd_images(tmp_path).items():
+        img = open_image(path)
+        out = upscale_image(net, img)
+        assert out.mode == mode, name
+        assert out.size == (img.width * 3, img.height * 3), name
+    # EXIF orientation 6: the 40x30 picture is shown (and upscaled) upright as 30x40
+    assert open_image(tmp_path / "rotated.jpg").size == (30, 40)
+    # 16-bit is scaled to 8 bits, not clipped to white
+    sixteen = upscale_image(net, open_image(tmp_path / "sixteen.png"))
+    gray = upscale_image(net, open_image(tmp_path / "gray.png"))
+    assert np.abs(np.asarray(sixteen, dtype=float) - np.asarray(gray, dtype=float)).max() <= 1
+    # alpha is carried over, bicubically upscaled
+    src = open_image(tmp_path / "rgba.png")
+    want = src.getchannel("A").resize((120, 90), Image.Resampling.BICUBIC)
+    assert upscale_image(net, src).getchannel("A").tobytes() == want.tobytes()
+
+
+def _bad_images(folder):
+    """name -> the reason the one-line error must give."""
+    good = io.BytesIO()
+    Image.open(BSDS300 / "images" / "test" / "3096.jpg").save(good, format="JPEG")
+    (folder / "truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 3])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.png").write_text("these are not pixels\n")
+    (folder / "folder.jpg").mkdir()
+    _bomb_png(folder / "bomb.png")
+    return {
+        "truncated.jpg": "damaged or unreadable image",
+        "empty.png": "not an image",
+        "notes.png": "not an image",
+        "folder.jpg": "is a directory",
+        "missing.jpg": "no such file",
+        "bomb.png": "too many pixels",
+    }
+
+
+@pytest.mark.parametrize("name", ["truncated.jpg", "empty.png", "notes.png", "folder.jpg", "missing.jpg", "bomb.png"])
+def test_bad_images_get_a_reason(tmp_path, name):
+    reasons = _bad_images(tmp_path)
+    with pytest.raises(SrctlError, match=reasons[name]) as err:
+        open_image(tmp_path / name)
+    assert str(err.value).startswith(str(tmp_path / name)) and "\n" not in str(err.value)
+
+
+@pytest.fixture
+def logged_run(tmp_path, model_dir, monkeypatch):
+    """A real sqlite MLflow store holding one run with a logged srctl model."""
+    from srctl import registry
+
+    from conftest import tiny_params
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/store/mlflow.db")
+    (tmp_path / "store").mkdir()
+    monkeypatch.chdir(tmp_path / "store")
+    with registry.training_run(tiny_params(), "0" * 64) as run:
+        registry.log_model(model_dir)
+    return run.info.run_id
+
+
+def test_cli_batch_of_good_odd_and_bad_files(tmp_path, logged_run):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    odd = _odd_images(inputs)
+    bad = _bad_images(inputs)
+    before = {p: p.read_bytes() for p in inputs.iterdir() if p.is_file()}
+    out = tmp_path / "out"
+    res = _srctl("infer", "--run-id", logged_run, *(str(inputs / n) for n in [*odd, *bad]), "-o", str(out),
+                 cwd=tmp_path / "store")
+    assert res.returncode == 1
+    errors = res.stderr.strip().splitlines()
+    assert len(errors) == len(bad) + 1 and errors[-1] == f"error: {len(bad)} of {len(odd) + len(bad)} images failed"
+    for name, reason in bad.items():
+        assert any(line.startswith(f"error: {inputs / name}: {reason}") for line in errors), name
+    assert "Traceback" not in res.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{Path(n).stem}.png" for n in odd)  # nothing else
+    assert {p: p.read_bytes() for p in before} == before  # inputs untouched

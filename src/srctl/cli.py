@@ -49,9 +49,16 @@ def infer(
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     try:
-        for p in images:  # fail on a bad path before paying for the model download
-            if not p.is_file():
-                raise SrctlError(f"{p}: no such file")
+        problems = []
+        for p in images:
+            try:
+                I.check_path(p)
+            except SrctlError as exc:
+                problems.append(exc)
+        if len(problems) == len(images):  # nothing to do: say why before fetching a model
+            for exc in problems[:-1]:
+                typer.echo(f"error: {exc}", err=True)
+            raise problems[-1]
         uri = registry.model_uri(run_id, None if run_id else (model or _default_model()))
         failed = I.infer(images, registry.fetch_model(uri), output, force)
     except SrctlError as exc:
