@@ -1,4 +1,9 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -73,3 +78,84 @@ def test_failed_training_marks_the_run_failed(prepared_dir, tmp_path, mlflow_sto
 def test_patch_larger_than_images_is_refused(prepared_dir, tmp_path, mlflow_store):
     with pytest.raises(SrctlError, match="patch_size"):
         _run(tiny_params(patch_size=500), prepared_dir, tmp_path, "e")
+
+
+# --- interruption and resume, with real signals to a real `python -m srctl.train` ----------------------
+
+RESUMABLE = {"epochs": 4, "steps_per_epoch": 300, "batch_size": 16}
+
+
+def _project(root, prepared_dir):
+    """A project folder with the repo's dvc.yaml, tiny params and the prepared data."""
+    import shutil
+
+    import yaml
+
+    from conftest import ROOT
+
+    (root / "data").mkdir(parents=True)
+    shutil.copytree(prepared_dir, root / "data" / "prepared")
+    shutil.copy(ROOT / "dvc.yaml", root)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"].update(RESUMABLE)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "PYTHONUNBUFFERED": "1"}
+    return root, env
+
+
+def _train_cmd(root, env):
+    return subprocess.run([sys.executable, "-m", "srctl.train"], cwd=root, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(prepared_dir, tmp_path_factory):
+    root, env = _project(tmp_path_factory.mktemp("ref") / "p", prepared_dir)
+    res = _train_cmd(root, env)
+    assert res.returncode == 0, res.stderr
+    return root
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "sigterm", "crash"])
+def test_interrupted_training_resumes_to_the_same_result(prepared_dir, tmp_path, uninterrupted, sig):
+    import mlflow
+
+    root, env = _project(tmp_path / "p", prepared_dir)
+    proc = subprocess.Popen([sys.executable, "-m", "srctl.train"], cwd=root, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    checkpoint = root / "models" / T.CHECKPOINT
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(sig)  # mid-epoch 2: epoch 1 is checkpointed
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out
+    assert checkpoint.exists() and not (root / "models" / "espcn").exists()
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs(client.get_experiment_by_name("srctl").experiment_id)
+    assert run.info.status == ("RUNNING" if sig == signal.SIGKILL else "KILLED")  # SIGKILL can't be caught
+    if sig != signal.SIGKILL:
+        assert err.strip().splitlines()[-1].startswith("error: interrupted")
+
+    res = _train_cmd(root, env)  # what `dvc repro` runs again
+    assert res.returncode == 0, res.stderr
+    assert "train: resuming after epoch" in res.stdout
+    assert not checkpoint.exists()
+    ref = uninterrupted / "models"
+    assert (root / "models" / "espcn" / M.WEIGHTS).read_bytes() == (ref / "espcn" / M.WEIGHTS).read_bytes()
+    psnr = json.loads((root / "metrics" / "train.json").read_text())["final_test_psnr"]
+    assert psnr == pytest.approx(json.loads((uninterrupted / "metrics" / "train.json").read_text())["final_test_psnr"], abs=0.01)
+    resumed = client.get_run(run.info.run_id)  # the same MLflow run carries on
+    assert resumed.info.status == "FINISHED" and "train_seconds" in resumed.data.metrics
+
+
+def test_a_checkpoint_of_other_params_or_damaged_is_not_resumed(prepared_dir, tmp_path, mlflow_store, capsys):
+    params = tiny_params()
+    (tmp_path / "x").mkdir()
+    ckpt = tmp_path / "x" / T.CHECKPOINT
+    torch.save({"fingerprint": "other", "epoch": 1}, ckpt)
+    _run(params, prepared_dir, tmp_path, "x")
+    assert "made with other params or data; starting over" in capsys.readouterr().out
+    ckpt.write_bytes(b"garbage")
+    _run(params, prepared_dir, tmp_path, "x")
+    assert "ignoring unreadable checkpoint" in capsys.readouterr().out
+    assert not ckpt.exists()

@@ -18,5 +18,5 @@ def run_stage(main: Callable[[], object]) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print("error: interrupted (a stage that keeps a checkpoint resumes from it on the next run)", file=sys.stderr)
         sys.exit(130)

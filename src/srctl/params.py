@@ -36,6 +36,7 @@ class Train:
     lr: float = 1e-3
     lr_final: float = 1e-5  # cosine decay from lr to lr_final over all steps
     precision: str = "auto"  # auto: bf16/fp16 autocast where the hardware has it; fp32: never
+    resume: bool = True  # continue from models/checkpoint.pt when one of the same params and data exists
 
 
 @dataclass(frozen=True)

@@ -57,9 +57,26 @@ def _git_commit(root: Path) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def check_reachable() -> None:
+    """Fail in seconds, not after an hour of training, when a tracking server does not answer."""
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=10).raise_for_status()
+    except requests.RequestException as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise SrctlError(f"MLflow tracking server {uri} is unreachable ({first}); check MLFLOW_TRACKING_URI") from exc
+
+
 @contextlib.contextmanager
-def training_run(params: P.Params, dataset_sha256: str) -> Iterator[object]:
-    """An MLflow run holding every param and the provenance tags; FAILED/KILLED if the block raises."""
+def training_run(params: P.Params, dataset_sha256: str, resume_run_id: str | None = None) -> Iterator[object]:
+    """An MLflow run holding every param and the provenance tags, or the interrupted run `resume_run_id`.
+
+    It ends FINISHED, FAILED if the block raises, KILLED on Ctrl-C/SIGTERM (KeyboardInterrupt)."""
+    check_reachable()
     mlflow = _mlflow()
     exp_name = os.environ.get("DVC_EXP_NAME")
     tags = {"dataset_sha256": dataset_sha256, "scale": str(params.scale)}
@@ -67,9 +84,20 @@ def training_run(params: P.Params, dataset_sha256: str) -> Iterator[object]:
         tags["git_commit"] = commit
     if exp_name:
         tags["dvc_exp_name"] = exp_name
-    with mlflow.start_run(experiment_id=_experiment_id(mlflow), run_name=exp_name, tags=tags) as run:
+    if resume_run_id:
+        try:
+            run = mlflow.start_run(run_id=resume_run_id)
+        except mlflow.exceptions.MlflowException:  # not in this store (moved, deleted): start afresh
+            resume_run_id = None
+    if not resume_run_id:
+        run = mlflow.start_run(experiment_id=_experiment_id(mlflow), run_name=exp_name, tags=tags)
         mlflow.log_params(params.flat())
-        yield run
+    with run:
+        try:
+            yield run
+        except KeyboardInterrupt:
+            mlflow.end_run("KILLED")
+            raise
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:

@@ -7,8 +7,11 @@ as uint8 tensors on the device, with a random flip/rotation: no DataLoader, no f
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
 import random
+import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -24,6 +27,8 @@ from srctl.evaluate import psnr
 from srctl.files import atomic_path, write_json
 from srctl.infer import pick_device
 from srctl.prepare import load_split
+
+CHECKPOINT = "checkpoint.pt"  # beside models/mlflow_run.json; deleted once training has finished
 
 
 def sample_patches(lr, hr, batch: int, size: int, scale: int, gen: torch.Generator, aug: random.Random):
@@ -67,7 +72,29 @@ def test_psnr(net, lr, hr, scale: int, chunk: int = 16) -> float:
     return float(torch.cat(scores).mean())
 
 
+def _fingerprint(params: P.Params, dataset_sha256: str) -> str:
+    """What a checkpoint must match to be resumed: every param that shapes the result, and the data."""
+    flat = {k: v for k, v in params.flat().items() if k.startswith(("train.", "seed", "scale"))}
+    flat.pop("train.resume")
+    return hashlib.sha256(json.dumps([flat, dataset_sha256], sort_keys=True).encode()).hexdigest()
+
+
+def _load_checkpoint(path: Path, fingerprint: str) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # plain tensors and numbers only
+    except Exception as exc:  # a damaged file is not worth failing the run for: start over
+        print(f"train: ignoring unreadable checkpoint {path} ({type(exc).__name__})")
+        return None
+    if ckpt.get("fingerprint") != fingerprint:
+        print(f"train: {path} was made with other params or data; starting over")
+        return None
+    return ckpt
+
+
 def train(params: P.Params, prepared_dir: Path, model_dir: Path, metrics_dir: Path, run_file: Path) -> dict:
+    """Train, checkpointing every epoch to `run_file`'s folder; resume from a matching checkpoint."""
     cfg, s = params.train, params.scale
     device = pick_device()
     torch.manual_seed(params.seed)
@@ -89,10 +116,23 @@ def train(params: P.Params, prepared_dir: Path, model_dir: Path, metrics_dir: Pa
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
 
-    history = []
-    started = time.perf_counter()
-    with registry.training_run(params, meta["dataset_sha256"]) as run:
-        for epoch in range(1, cfg.epochs + 1):
+    checkpoint = run_file.parent / CHECKPOINT
+    fingerprint = _fingerprint(params, meta["dataset_sha256"])
+    ckpt = _load_checkpoint(checkpoint, fingerprint) if cfg.resume else None
+    history, done, spent = [], 0, 0.0
+    if ckpt:
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        sched.load_state_dict(ckpt["sched"])
+        scaler.load_state_dict(ckpt["scaler"])
+        gen.set_state(ckpt["gen"])
+        aug.setstate(ckpt["aug"])
+        history, done, spent = ckpt["history"], ckpt["epoch"], ckpt["seconds"]
+        print(f"train: resuming after epoch {done}/{cfg.epochs} from {checkpoint}")
+
+    started = time.perf_counter() - spent
+    with registry.training_run(params, meta["dataset_sha256"], ckpt and ckpt["run_id"]) as run:
+        for epoch in range(done + 1, cfg.epochs + 1):
             loss_sum = torch.zeros((), device=device)
             for _ in range(cfg.steps_per_epoch):
                 lr_p, hr_p = sample_patches(data["lr"], data["hr"], cfg.batch_size, cfg.patch_size, s, gen, aug)
@@ -116,15 +156,24 @@ def train(params: P.Params, prepared_dir: Path, model_dir: Path, metrics_dir: Pa
             history.append(row)
             registry.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             print(f"epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.6f}, test PSNR {row['test_psnr']:.2f} dB")
+            with atomic_path(checkpoint) as tmp:
+                torch.save(
+                    {
+                        "fingerprint": fingerprint, "run_id": run.info.run_id, "epoch": epoch, "history": history,
+                        "seconds": row["seconds"], "model": net.state_dict(), "opt": opt.state_dict(),
+                        "sched": sched.state_dict(), "scaler": scaler.state_dict(), "gen": gen.get_state(),
+                        "aug": aug.getstate(),
+                    },
+                    tmp,
+                )
 
-        seconds = time.perf_counter() - started
         M.save(net, model_dir)
         with atomic_path(metrics_dir / "train_log.csv") as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(history[0]))
             writer.writeheader()
             writer.writerows(history)
         summary = {
-            "train_seconds": seconds,
+            "train_seconds": history[-1]["seconds"],
             "final_train_loss": history[-1]["train_loss"],
             "final_test_psnr": history[-1]["test_psnr"],
             "device": device.type,
@@ -135,10 +184,16 @@ def train(params: P.Params, prepared_dir: Path, model_dir: Path, metrics_dir: Pa
         model_uri = registry.log_model(model_dir)
         write_json(metrics_dir / "train.json", summary)
         write_json(run_file, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "model_uri": model_uri})
+    checkpoint.unlink(missing_ok=True)  # done: the model and the MLflow run hold everything now
     return summary
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM ends the run like Ctrl-C: KILLED in MLflow, checkpoint kept
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
     params, root = P.load(), P.project_root()
     summary = train(
         params, root / "data" / "prepared", root / "models" / "espcn", root / "metrics", root / registry.RUN_FILE
