@@ -9,6 +9,7 @@ import io
 import socket
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ def serve(tmp_path):
 
 
 def cfg(url: str, **kw) -> P.Download:
-    return dataclasses.replace(P.Download(), url=url, retries=2, timeout_s=5.0, **kw)
+    return dataclasses.replace(P.Download(), **{"url": url, "retries": 2, "timeout_s": 5.0, **kw})
 
 
 def test_shared_copy_has_the_official_content_hash():
@@ -120,3 +121,60 @@ def test_unsafe_tarballs_are_refused(tmp_path, kind):
 def test_missing_mirror_is_a_clear_error(tmp_path):
     with pytest.raises(SrctlError, match="no such folder or .tgz"):
         download(P.Download(), tmp_path / "raw", mirror=str(tmp_path / "nope"))
+
+
+class _Misbehaving(http.server.BaseHTTPRequestHandler):
+    """Serves `body` badly on purpose: `mode` says how, `seen` counts requests."""
+
+    body, mode, seen = b"", "ok", 0
+
+    def do_GET(self):
+        cls = type(self)
+        cls.seen += 1
+        if cls.mode == "slow":
+            time.sleep(1.5)
+        if cls.mode == "flaky" and cls.seen == 1:
+            self.send_error(503, "try again")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-gzip")
+        self.send_header("Content-Length", str(len(cls.body)))
+        self.end_headers()
+        self.wfile.write(cls.body[: len(cls.body) // 2] if cls.mode == "truncated" else cls.body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def misbehaving(tarball):
+    handler = type("Handler", (_Misbehaving,), {"body": tarball.read_bytes()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield handler, f"http://127.0.0.1:{server.server_port}/BSDS300-images.tgz"
+    server.shutdown()
+    server.server_close()
+
+
+def test_truncated_body_is_retried_then_reported(misbehaving, tmp_path):
+    handler, url = misbehaving
+    handler.mode = "truncated"
+    raw = tmp_path / "data" / "raw"
+    msg = _keeps_raw_as_it_was(raw, lambda: download(cfg(url), raw, backoff_s=0.01))
+    assert handler.seen == 2 and "after 2 tries" in msg
+
+
+def test_timeout_is_retried_then_reported(misbehaving, tmp_path):
+    handler, url = misbehaving
+    handler.mode = "slow"
+    raw = tmp_path / "data" / "raw"
+    msg = _keeps_raw_as_it_was(raw, lambda: download(cfg(url, timeout_s=0.3), raw, backoff_s=0.01))
+    assert handler.seen == 2 and "timed out" in msg.lower()
+
+
+def test_a_server_error_is_retried_and_the_retry_succeeds(misbehaving, tmp_path):
+    handler, url = misbehaving
+    handler.mode = "flaky"
+    assert download(cfg(url), tmp_path / "raw", backoff_s=0.01) == OFFICIAL
+    assert handler.seen == 2

@@ -145,3 +145,32 @@ def test_fresh_clone_of_a_committed_result_trains_evaluates_and_registers_again(
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{clone}/mlflow.db")
     champion = client.get_model_version_by_alias("espcn-x3", "champion")
     assert champion.version == 1 and "psnr" in client.get_run(champion.run_id).data.metrics
+
+
+def test_infers_and_an_experiment_share_one_store_at_the_same_time(repo, tmp_path):
+    """Two `srctl infer` loops and a `dvc exp run` write and read one mlflow.db concurrently."""
+    repo, env = repo
+    run_id = json.loads((repo / "models" / "mlflow_run.json").read_text())["run_id"]
+    srctl = Path(sys.executable).parent / "srctl"
+    exp = subprocess.Popen(["dvc", "exp", "run", "-n", "concurrent", "-S", "train.lr=0.003"], cwd=repo, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    photos = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
+    for p in photos:
+        shutil.copy(BSDS300 / "images" / "test" / "3096.jpg", p)
+    rounds = 0
+    while exp.poll() is None and rounds < 6:  # bounded: at most 6 rounds of two parallel calls
+        calls = [subprocess.Popen([srctl, "infer", "--run-id", run_id, str(p), "--force"], cwd=repo, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in photos]
+        for c in calls:
+            _, err = c.communicate(timeout=300)
+            assert c.returncode == 0, err
+        rounds += 1
+    out, _ = exp.communicate(timeout=600)
+    assert exp.returncode == 0, out
+    assert rounds >= 1
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    runs = client.search_runs(client.get_experiment_by_name("srctl").experiment_id,
+                              filter_string="tags.dvc_exp_name = 'concurrent'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"

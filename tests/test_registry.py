@@ -65,3 +65,19 @@ def test_model_uri_rejects_ambiguous_or_malformed(run_id, model):
 def test_unknown_run_is_a_clear_error(mlflow_store):
     with pytest.raises(SrctlError, match="cannot load model runs:/0123/model"):
         registry.fetch_model("runs:/0123/model")
+
+
+def test_unreachable_tracking_server_fails_before_training(prepared_dir, tmp_path, monkeypatch):
+    import socket
+    import time
+
+    from srctl import train as T
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    with pytest.raises(SrctlError, match=f"MLflow tracking server http://127.0.0.1:{port} is unreachable"):
+        T.train(tiny_params(), prepared_dir, tmp_path / "m", tmp_path / "metrics", tmp_path / "run.json")
+    assert time.monotonic() - started < 30 and not (tmp_path / "m").exists()
