@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,10 @@ BSDS300 = DATASETS / "BSDS300"
 
 
 def pytest_sessionstart(session):
+    # fetched models are cached under XDG_CACHE_HOME: keep the tests' cache out of the user's
+    import tempfile
+
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="srctl-test-cache-")
     # The datasets are part of the test environment: a missing copy is an error, never a skip.
     if not (BSDS300 / "images" / "train").is_dir():
         raise pytest.UsageError(f"{BSDS300} is missing: tests need the shared dataset copy beside the repo")
@@ -27,6 +32,7 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.chdir(tmp_path)  # the run's artifacts land in tmp_path/mlruns, not in the repo
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return uri
 
 

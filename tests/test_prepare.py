@@ -1,7 +1,8 @@
 import numpy as np
 from PIL import Image
 
-from srctl.prepare import crop_to_multiple, downscale, load_split, y_channel
+from srctl.color import y_channel
+from srctl.prepare import crop_to_multiple, downscale, load_split
 from srctl.download import content_hash
 
 

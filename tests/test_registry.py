@@ -38,7 +38,7 @@ def test_champion_moves_only_to_a_better_model(tmp_path, mlflow_store):
     assert mlflow.MlflowClient().get_model_version_by_alias("espcn-x3", "champion").version == 3
     # every way of naming a model resolves to the same weights + config
     for uri in ("models:/espcn-x3@champion", "models:/espcn-x3/3", f"runs:/{first_run}/model"):
-        assert (registry.fetch_model(uri, tmp_path / uri.replace(":", "").replace("/", "_")) / "config.json").is_file()
+        assert (registry.fetch_model(uri) / "config.json").is_file()
 
 
 def test_register_needs_an_evaluated_run(tmp_path, mlflow_store):
@@ -81,3 +81,11 @@ def test_unreachable_tracking_server_fails_before_training(prepared_dir, tmp_pat
     with pytest.raises(SrctlError, match=f"MLflow tracking server http://127.0.0.1:{port} is unreachable"):
         T.train(tiny_params(), prepared_dir, tmp_path / "m", tmp_path / "metrics", tmp_path / "run.json")
     assert time.monotonic() - started < 30 and not (tmp_path / "m").exists()
+
+
+def test_a_fetched_run_model_is_cached_and_then_needs_no_store(tmp_path, mlflow_store, monkeypatch):
+    run_id, _ = _logged_run(tmp_path, 28.0)
+    first = registry.fetch_model(f"runs:/{run_id}/model")
+    assert first.is_relative_to(tmp_path / "cache")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////nonexistent/x.db")
+    assert registry.fetch_model(f"runs:/{run_id}/model") == first

@@ -28,45 +28,103 @@ def _default_model() -> str:
         return "espcn-x3@champion"
 
 
-@app.command()
-def infer(
-    images: List[Path] = typer.Argument(..., help="Image files to upscale."),
-    run_id: Optional[str] = typer.Option(None, "--run-id", help="Use the model logged by this MLflow run."),
-    model: Optional[str] = typer.Option(
-        None, "--model", help="Registered model as NAME@ALIAS or NAME/VERSION [default: <name>-x<scale>@champion]."
-    ),
-    output: Optional[Path] = typer.Option(
-        None, "-o", "--output", help="Output file (one input) or folder (several) [default: <stem>_x<scale>.png beside each input]."
-    ),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing output files (never an input)."),
-) -> None:
-    """Upscale images: the network upscales Y, Cb and Cr are upscaled bicubically."""
-    from srctl import infer as I
-    from srctl import registry
+def _precision(half: bool, bf16: bool):
+    import torch
 
+    if half and bf16:
+        raise SrctlError("choose one of --half and --bf16")
+    return torch.float16 if half else torch.bfloat16 if bf16 else None
+
+
+def _quiet_mlflow() -> None:
     # keep stderr for what the user must read: no INFO lines, no download progress bars
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
+
+RUN_ID = typer.Option(None, "--run-id", help="Use the model logged by this MLflow run.")
+MODEL = typer.Option(None, "--model", help="Registered model as NAME@ALIAS or NAME/VERSION [default: <name>-x<scale>@champion].")
+DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps [default: the GPU if there is one].")
+HALF = typer.Option(False, "--half", help="fp16 autocast (GPUs).")
+BF16 = typer.Option(False, "--bf16", help="bf16 autocast (GPUs, CPUs with AVX512-BF16/AMX): faster, within a level or two of fp32.")
+QUIET = typer.Option(False, "-q", "--quiet", help="No progress bar.")
+
+
+def _model_dir(run_id: Optional[str], model: Optional[str]) -> Path:
+    from srctl import registry
+
+    _quiet_mlflow()
+    return registry.fetch_model(registry.model_uri(run_id, None if run_id else (model or _default_model())))
+
+
+@app.command()
+def infer(
+    images: List[str] = typer.Argument(..., help="Image files, folders of images, or glob patterns."),
+    run_id: Optional[str] = RUN_ID,
+    model: Optional[str] = MODEL,
+    output: Optional[Path] = typer.Option(
+        None, "-o", "--output", help="Output file (one input; its extension picks the format) or folder (several) [default: <stem>_x<scale>.png beside each input]."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing output files (never an input)."),
+    device: Optional[str] = DEVICE,
+    half: bool = HALF,
+    bf16: bool = BF16,
+    tile: int = typer.Option(512, "--tile", min=16, help="Tile side in input pixels: bounds memory on huge images."),
+    quiet: bool = QUIET,
+) -> None:
+    """Upscale images: the network upscales Y, Cb and Cr (and alpha) are upscaled bicubically."""
+    import sys
+
+    from srctl import infer as I
+
     try:
+        paths = I.collect_inputs(images)
         problems = []
-        for p in images:
+        for p in paths:
             try:
                 I.check_path(p)
             except SrctlError as exc:
                 problems.append(exc)
-        if len(problems) == len(images):  # nothing to do: say why before fetching a model
+        if len(problems) == len(paths):  # nothing to do: say why before fetching a model
             for exc in problems[:-1]:
                 typer.echo(f"error: {exc}", err=True)
             raise problems[-1]
-        uri = registry.model_uri(run_id, None if run_id else (model or _default_model()))
-        failed = I.infer(images, registry.fetch_model(uri), output, force)
+        amp = _precision(half, bf16)
+        failed = I.infer(paths, _model_dir(run_id, model), output, force, device, amp, tile,
+                         progress=not quiet and sys.stderr.isatty())
     except SrctlError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
     if failed:
-        typer.echo(f"error: {failed} of {len(images)} images failed", err=True)
+        typer.echo(f"error: {failed} of {len(paths)} images failed", err=True)
         raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    model: Optional[str] = MODEL,
+    run_id: Optional[str] = RUN_ID,
+    port: int = typer.Option(5001, "--port", "-p"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Listen address; 0.0.0.0 exposes it to the network."),
+) -> None:
+    """Serve a model over HTTP: `mlflow models serve` on it (POST /invocations, base64 images in and out)."""
+    import sys
+
+    from srctl import registry
+
+    try:
+        uri = registry.model_uri(run_id, None if run_id else (model or _default_model()))
+    except SrctlError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
+    _quiet_mlflow()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri(), "MLFLOW_DISABLE_TELEMETRY": "true",
+           # the server runs uvicorn from this environment's bin/, activated or not
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+           "-h", host, "-p", str(port)]
+    typer.echo(f"serving {uri} on http://{host}:{port}/invocations", err=True)
+    os.execve(sys.executable, cmd, env)  # become the server: signals and exit code are its own
 
 
 if __name__ == "__main__":

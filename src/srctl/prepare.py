@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from srctl import params as P
+from srctl.color import y_channel
 from srctl.download import content_hash
 from srctl.errors import SrctlError, run_stage
 from srctl.files import atomic_dir
@@ -27,11 +28,6 @@ def crop_to_multiple(img: Image.Image, scale: int) -> Image.Image:
 def downscale(img: Image.Image, scale: int) -> Image.Image:
     """Antialiased bicubic downscale of an image whose sides are multiples of `scale`."""
     return img.resize((img.width // scale, img.height // scale), Image.Resampling.BICUBIC)
-
-
-def y_channel(img: Image.Image) -> np.ndarray:
-    """The Y of PIL's (full-range BT.601) YCbCr, the channel the network sees at train and infer time."""
-    return np.asarray(img.convert("YCbCr"))[..., 0]
 
 
 def pairs(paths: list[Path], scale: int) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Iterator
 
 from srctl import params as P
 from srctl.errors import SrctlError, run_stage
-from srctl.files import write_json
+from srctl.files import atomic_dir, write_json
 
 EXPERIMENT = "srctl"
 MODEL_ARTIFACT = "model"  # runs:/<run_id>/model
@@ -142,20 +143,38 @@ def model_uri(run_id: str | None = None, model: str | None = None) -> str:
     return f"models:/{model}"
 
 
-def fetch_model(uri: str, dest: Path | None = None) -> Path:
-    """Download a logged model's folder and return the path of its weights + config inside it."""
+def _cache_dir(uri: str) -> Path | None:
+    """Where a run's model is kept once fetched: a run's logged model never changes, so `srctl infer
+    --run-id` can skip MLflow (seconds of import and lookup) the next time. Aliases always resolve."""
+    if not uri.startswith("runs:/"):
+        return None
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "srctl" / "runs" / uri.split("/")[1]
+
+
+def fetch_model(uri: str) -> Path:
+    """The local folder holding a logged model's weights + config (downloaded, or from the cache)."""
+    cached = _cache_dir(uri)
+    if cached and (cached / "config.json").is_file():
+        return cached
     mlflow = _mlflow()
-    dest = dest or Path(tempfile.mkdtemp(prefix="srctl-model-"))
+    tmp = Path(tempfile.mkdtemp(prefix="srctl-model-"))
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
     except Exception as exc:  # MLflow raises several types (MlflowException, OSError, HTTP errors)
+        shutil.rmtree(tmp, ignore_errors=True)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SrctlError(f"cannot load model {uri} from {tracking_uri()}: {first}") from exc
-    # pyfunc keeps data_path under the model folder, named after the original folder
-    configs = sorted(local.rglob("config.json"))
+    configs = sorted(local.rglob("config.json"))  # pyfunc keeps data_path under <model>/data/
     if not configs:
         raise SrctlError(f"{uri}: no srctl model (config.json) in it")
-    return configs[0].parent
+    if not cached:
+        return configs[0].parent
+    with atomic_dir(cached) as staging:
+        for f in configs[0].parent.iterdir():
+            shutil.copy2(f, staging / f.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return cached
 
 
 def register(run_id: str, model_uri: str, name: str, alias: str) -> dict:

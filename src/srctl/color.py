@@ -1,0 +1,71 @@
+"""Images <-> uint8 tensors, and the full-range BT.601 (JFIF) YCbCr that PIL and JPEG use.
+
+One implementation for prepare (training Y), infer and video, so that a frame upscaled by
+`srctl video` equals the same frame through `srctl infer`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+_TO_RGB = torch.linalg.inv(_TO_YCBCR)
+_OFFSET = torch.tensor([0.0, 128.0, 128.0])
+
+
+def _content_and_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """8-bit RGB or L content, and the alpha channel if the image has one.
+
+    16-bit greyscale is scaled to 8 bits; palette, CMYK, 1-bit, LAB... are converted to RGB.
+    """
+    if img.mode in _SIXTEEN_BIT:
+        img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257).clip(0, 255).round().astype(np.uint8))
+    elif img.mode == "F":
+        img = Image.fromarray(np.asarray(img).clip(0, 255).round().astype(np.uint8))
+    elif img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    alpha = None
+    if "A" in img.getbands() or img.mode in ("RGBa", "La"):
+        alpha = img.getchannel(img.getbands()[-1])
+        img = img.convert("L" if img.mode in ("LA", "La") else "RGB")
+    elif img.mode not in ("RGB", "L"):
+        img = img.convert("RGB")
+    return img, alpha
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """Any PIL image -> uint8 [C, H, W]: C = 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA)."""
+    content, alpha = _content_and_alpha(img)
+    t = torch.from_numpy(np.array(content)).reshape(content.height, content.width, -1)
+    if alpha is not None:
+        t = torch.cat([t, torch.from_numpy(np.array(alpha))[..., None]], dim=-1)
+    return t.permute(2, 0, 1)
+
+
+def to_image(t: torch.Tensor) -> Image.Image:
+    """uint8 [C, H, W] -> PIL image (L, LA, RGB or RGBA)."""
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[t.shape[0]]
+    return Image.fromarray(t.permute(1, 2, 0).squeeze(-1).cpu().numpy(), mode)
+
+
+def _affine(x: torch.Tensor, matrix: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    m, b, a = (v.to(x.device) for v in (matrix, before, after))
+    return torch.einsum("ij,njhw->nihw", m, x - b[:, None, None]) + a[:, None, None]
+
+
+def rgb_to_ycbcr(rgb: torch.Tensor) -> torch.Tensor:
+    """float [N, 3, H, W] RGB in 0..255 -> YCbCr in 0..255 (not rounded)."""
+    return _affine(rgb, _TO_YCBCR, torch.zeros(3), _OFFSET)
+
+
+def ycbcr_to_rgb(ycc: torch.Tensor) -> torch.Tensor:
+    return _affine(ycc, _TO_RGB, _OFFSET, torch.zeros(3))
+
+
+def y_channel(img: Image.Image) -> np.ndarray:
+    """The Y the network sees, rounded to uint8 [H, W], of an RGB image."""
+    y = rgb_to_ycbcr(to_tensor(img.convert("RGB"))[None].float())[0, 0]
+    return y.round().clamp(0, 255).to(torch.uint8).numpy()
