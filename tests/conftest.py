@@ -62,3 +62,22 @@ def tiny_params(**train) -> P.Params:
     base = P.load(ROOT / "params.yaml")
     t = dataclasses.replace(base.train, **{"epochs": 2, "steps_per_epoch": 5, "batch_size": 8, **train})
     return dataclasses.replace(base, train=t)
+
+
+@pytest.fixture(scope="module")
+def logged_model_store(tmp_path_factory):
+    """A real sqlite MLflow store (folder, run id) holding one run with an untrained srctl model."""
+    from srctl import model as M
+    from srctl import registry
+
+    root = tmp_path_factory.mktemp("store")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+    mp.chdir(root)
+    M.save(M.ESPCN(3), root / "model")
+    with registry.training_run(tiny_params(), "0" * 64) as run:
+        registry.log_model(root / "model")
+    mp.undo()
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"  # for the subprocesses of this module
+    yield root, run.info.run_id
+    os.environ.pop("MLFLOW_TRACKING_URI", None)

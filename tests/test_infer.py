@@ -185,30 +185,15 @@ def test_bad_images_get_a_reason(tmp_path, name):
     assert str(err.value).startswith(str(tmp_path / name)) and "\n" not in str(err.value)
 
 
-@pytest.fixture
-def logged_run(tmp_path, model_dir, monkeypatch):
-    """A real sqlite MLflow store holding one run with a logged srctl model."""
-    from srctl import registry
-
-    from conftest import tiny_params
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/store/mlflow.db")
-    (tmp_path / "store").mkdir()
-    monkeypatch.chdir(tmp_path / "store")
-    with registry.training_run(tiny_params(), "0" * 64) as run:
-        registry.log_model(model_dir)
-    return run.info.run_id
-
-
-def test_cli_batch_of_good_odd_and_bad_files(tmp_path, logged_run):
+def test_cli_batch_of_good_odd_and_bad_files(tmp_path, logged_model_store):
+    store, run_id = logged_model_store
     inputs = tmp_path / "in"
     inputs.mkdir()
     odd = _odd_images(inputs)
     bad = _bad_images(inputs)
     before = {p: p.read_bytes() for p in inputs.iterdir() if p.is_file()}
     out = tmp_path / "out"
-    res = _srctl("infer", "--run-id", logged_run, *(str(inputs / n) for n in [*odd, *bad]), "-o", str(out),
-                 cwd=tmp_path / "store")
+    res = _srctl("infer", "--run-id", run_id, *(str(inputs / n) for n in [*odd, *bad]), "-o", str(out), cwd=store)
     assert res.returncode == 1
     errors = res.stderr.strip().splitlines()
     assert len(errors) == len(bad) + 1 and errors[-1] == f"error: {len(bad)} of {len(odd) + len(bad)} images failed"

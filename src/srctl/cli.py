@@ -101,6 +101,48 @@ def infer(
 
 
 @app.command()
+def video(
+    src: Path = typer.Argument(..., help="Input video (anything FFmpeg reads)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output video [default: <stem>_x<scale>.mp4 beside the input]."),
+    run_id: Optional[str] = RUN_ID,
+    model: Optional[str] = MODEL,
+    codec: str = typer.Option("libx264", "--codec", help="FFmpeg encoder: libx264 (H.264), libx265, png, ffv1, ..."),
+    crf: int = typer.Option(18, "--crf", help="x264/x265 quality: lower is better."),
+    preset: str = typer.Option("veryfast", "--preset", help="x264/x265 speed preset."),
+    batch: int = typer.Option(8, "--batch", min=1, help="Frames per network batch."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output (never the input)."),
+    device: Optional[str] = DEVICE,
+    half: bool = HALF,
+    bf16: bool = BF16,
+    quiet: bool = QUIET,
+) -> None:
+    """Upscale a video: frames as in `srctl infer`, in batches; audio copied; source frame rate."""
+    import sys
+
+    import torch
+
+    from srctl import infer as I
+    from srctl import model as M
+    from srctl.video import upscale_video
+
+    try:
+        I.check_path(src)
+        amp = _precision(half, bf16)
+        net = M.load(_model_dir(run_id, model), torch.device(device) if device else I.pick_device())
+        dst = output or src.with_name(f"{src.stem}_x{net.scale}.mp4")
+        if dst.resolve() == src.resolve():
+            raise SrctlError(f"{dst}: is the input; refusing to overwrite it")
+        if dst.exists() and not force:
+            raise SrctlError(f"{dst}: exists; pass --force to overwrite it")
+        stats = upscale_video(src, dst, net, codec, crf, preset, batch, amp, progress=not quiet and sys.stderr.isatty())
+    except SrctlError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
+    w, h = stats["size"]
+    typer.echo(f"{src} -> {dst} ({stats['frames']} frames, {w}x{h}, {stats['fps']:.1f} frames/s)")
+
+
+@app.command()
 def serve(
     model: Optional[str] = MODEL,
     run_id: Optional[str] = RUN_ID,

@@ -1,0 +1,85 @@
+"""`srctl video` on a real small video with an audio track, made here with PyAV."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from srctl import model as M
+from srctl.infer import upscale_image
+from srctl.video import upscale_video
+
+from conftest import BSDS300
+
+RATE = 12
+
+
+def _make_clip(path, frames=10, size=(48, 32)):
+    """A panning crop of a BSDS300 photo, mpeg4 at 12 frames/s, with a 440 Hz AAC track."""
+    photo = Image.open(BSDS300 / "images" / "test" / "3096.jpg").convert("RGB")
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("mpeg4", rate=RATE)
+        v.width, v.height, v.pix_fmt = *size, "yuv420p"
+        a = out.add_stream("aac", rate=16000)
+        for i in range(frames):
+            crop = photo.crop((i * 4, 0, i * 4 + size[0], size[1]))
+            out.mux(v.encode(av.VideoFrame.from_image(crop)))
+        out.mux(v.encode(None))
+        t = np.arange(16000 * frames // RATE) / 16000
+        samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+        for start in range(0, samples.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start : start + 1024]), format="fltp", layout="mono")
+            frame.sample_rate = 16000
+            out.mux(a.encode(frame))
+        out.mux(a.encode(None))
+
+
+def _frames(path):
+    with av.open(str(path)) as f:
+        return [fr.to_image() for fr in f.decode(video=0)]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    _make_clip(path)
+    return path
+
+
+def test_frames_equal_infer_audio_copied_rate_kept(clip, tmp_path):
+    net = M.ESPCN(3).eval()
+    out = tmp_path / "big.mov"
+    stats = upscale_video(clip, out, net, codec="png", batch=4)  # lossless codec: frames comparable exactly
+    assert stats["frames"] == 10 and stats["size"] == (144, 96)
+    for src, got in zip(_frames(clip), _frames(out), strict=True):
+        want = np.asarray(upscale_image(net, src), dtype=int)
+        assert np.abs(np.asarray(got, dtype=int) - want).max() <= 1
+    with av.open(str(out)) as f, av.open(str(clip)) as g:
+        assert f.streams.video[0].average_rate == Fraction(RATE)
+        assert f.streams.audio[0].codec_context.name == "aac"
+        assert f.streams.audio[0].frames in (0, g.streams.audio[0].frames)  # copied, not re-encoded
+        assert sum(p.size for p in f.demux(audio=0)) == sum(p.size for p in g.demux(audio=0))
+
+
+def test_default_h264_and_bad_inputs_through_the_cli(clip, tmp_path, logged_model_store):
+    store, run_id = logged_model_store
+    res = subprocess.run([sys.executable, "-m", "srctl.cli", "video", str(clip), "-o", str(tmp_path / "o.mp4"),
+                          "--run-id", run_id], cwd=store, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "10 frames, 144x96" in res.stdout
+    with av.open(str(tmp_path / "o.mp4")) as f:
+        assert f.streams.video[0].codec_context.name == "h264" and f.streams.video[0].width == 144
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"this is no video")
+    res = subprocess.run([sys.executable, "-m", "srctl.cli", "video", str(bad), "--run-id", run_id], cwd=store,
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and res.stderr.startswith(f"error: {bad}: not a readable video")
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4", "o.mp4"]  # nothing half-written
