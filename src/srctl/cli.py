@@ -169,5 +169,109 @@ def serve(
     os.execve(sys.executable, cmd, env)  # become the server: signals and exit code are its own
 
 
+def _fail(exc: SrctlError) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)
+
+
+@app.command()
+def runs(
+    experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="Only this MLflow experiment [default: all]."),
+    sort: str = typer.Option("date", "--sort", help="date (newest first) or psnr (best first)."),
+) -> None:
+    """List training runs: id, date, scale, key params, PSNR vs bicubic, train time."""
+    from datetime import datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from srctl import registry
+
+    _quiet_mlflow()
+    try:
+        rows = registry.list_runs(experiment)
+    except SrctlError as exc:
+        raise _fail(exc)
+    if sort == "psnr":
+        rows.sort(key=lambda r: r["psnr"] if r["psnr"] is not None else float("-inf"), reverse=True)
+    table = Table("run id", "date", "exp", "x", "epochs", "steps/ep", "batch", "lr", "PSNR", "bicubic", "train s", "status")
+    num = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
+    for r in rows:
+        table.add_row(r["run_id"], datetime.fromtimestamp(r["date"] / 1000).strftime("%Y-%m-%d %H:%M"), r["experiment"],
+                      r["scale"], r["epochs"], r["steps_per_epoch"], r["batch_size"], r["lr"], num(r["psnr"], ".2f"),
+                      num(r["bicubic_psnr"], ".2f"), num(r["train_seconds"], ".0f"), r["status"])
+    Console(width=200).print(table)
+
+
+@app.command()
+def promote(
+    target: str = typer.Argument(..., help="RUN_ID or NAME/VERSION."),
+    alias: str = typer.Option("champion", "--alias"),
+) -> None:
+    """Point the alias (champion) at a model version; a run is registered first if it is not yet."""
+    from srctl import registry
+
+    _quiet_mlflow()
+    try:
+        r = registry.promote(target, alias)
+    except SrctlError as exc:
+        raise _fail(exc)
+    old = f"v{r['old']}" if r["old"] else "none"
+    typer.echo(f"{r['name']}@{r['alias']}: {old} -> v{r['new']} (run {r['run_id']})")
+
+
+@app.command()
+def export(
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the .onnx file."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (the only one for now)."),
+    run_id: Optional[str] = RUN_ID,
+    model: Optional[str] = MODEL,
+    check_image: Optional[Path] = typer.Option(None, "--check-image", help="Real image to compare onnxruntime with PyTorch on [default: the first BSDS300 test image in data/raw]."),
+) -> None:
+    """Export the network (Y in, upscaled Y out) to ONNX and check it against PyTorch with onnxruntime."""
+    from srctl import model as M
+    from srctl.export import export_onnx
+
+    try:
+        if fmt != "onnx":
+            raise SrctlError(f"--format {fmt}: only onnx is supported")
+        net = M.load(_model_dir(run_id, model))
+        if check_image is None:
+            from srctl import params as P
+
+            found = sorted((P.project_root() / "data" / "raw" / "BSDS300" / "images" / "test").glob("*.jpg"))
+            if not found:
+                raise SrctlError("no BSDS300 test image in data/raw: give --check-image")
+            check_image = found[0]
+        diff = export_onnx(net, output, check_image)
+    except SrctlError as exc:
+        raise _fail(exc)
+    typer.echo(f"{output}: ONNX x{net.scale}; onnxruntime vs PyTorch on {check_image.name}: max abs diff {diff:.2e}")
+
+
+@app.command()
+def compare(
+    image: Path = typer.Argument(..., help="A (small) image to upscale."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="[default: <stem>_compare.png beside it]"),
+    run_id: Optional[str] = RUN_ID,
+    model: Optional[str] = MODEL,
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+) -> None:
+    """Write a picture: bicubic | SR side by side, and a zoomed-in crop of each below."""
+    from srctl import infer as I
+    from srctl import model as M
+    from srctl.compare import compare_picture
+
+    try:
+        img = I.open_image(image)
+        dst = output or image.with_name(f"{image.stem}_compare.png")
+        I.output_paths([image], dst, 1, force)  # the same refusals as infer: never the input, no clobbering
+        sheet = compare_picture(M.load(_model_dir(run_id, model)), img)
+        I.save_image(sheet, dst)
+    except SrctlError as exc:
+        raise _fail(exc)
+    typer.echo(f"{image} -> {dst} ({sheet.width}x{sheet.height})")
+
+
 if __name__ == "__main__":
     app()

@@ -205,6 +205,60 @@ def register(run_id: str, model_uri: str, name: str, alias: str) -> dict:
     }
 
 
+RUN_COLUMNS = ("train.epochs", "train.steps_per_epoch", "train.batch_size", "train.lr")
+
+
+def list_runs(experiment: str | None = None) -> list[dict]:
+    """Training runs, newest first: id, date, scale, key params, PSNR, bicubic PSNR, train time."""
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    names = [experiment] if experiment else [e.name for e in client.search_experiments()]
+    ids = [e.experiment_id for n in names if (e := client.get_experiment_by_name(n))]
+    if experiment and not ids:
+        raise SrctlError(f"no MLflow experiment named {experiment!r} in {tracking_uri()}")
+    rows = []
+    for run in client.search_runs(ids, order_by=["attributes.start_time DESC"], max_results=1000) if ids else []:
+        p, m = run.data.params, run.data.metrics
+        rows.append({
+            "run_id": run.info.run_id,
+            "date": run.info.start_time,
+            "status": run.info.status,
+            "experiment": run.data.tags.get("dvc_exp_name", ""),
+            "scale": p.get("scale", ""),
+            **{k.removeprefix("train."): p.get(k, "") for k in RUN_COLUMNS},
+            "psnr": m.get("psnr"),
+            "bicubic_psnr": m.get("bicubic_psnr"),
+            "train_seconds": m.get("train_seconds"),
+        })
+    return rows
+
+
+def promote(target: str, alias: str, name: str | None = None) -> dict:
+    """Move `alias` to a model version: NAME/VERSION, or a run id (registered first if need be)."""
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    if "/" in target:
+        name, _, version = target.rpartition("/")
+        try:
+            mv = client.get_model_version(name, version)
+        except mlflow.exceptions.MlflowException as exc:
+            raise SrctlError(f"no model version {target} in {tracking_uri()}") from exc
+    else:
+        try:
+            run = client.get_run(target)
+        except mlflow.exceptions.MlflowException as exc:
+            raise SrctlError(f"no run {target} in {tracking_uri()}") from exc
+        name = name or f"espcn-x{run.data.params.get('scale', '3')}"
+        found = client.search_model_versions(f"name='{name}' and run_id='{target}'")
+        mv = found[0] if found else mlflow.register_model(f"runs:/{target}/{MODEL_ARTIFACT}", name)
+    try:
+        old = client.get_model_version_by_alias(name, alias).version
+    except mlflow.exceptions.MlflowException:
+        old = None
+    client.set_registered_model_alias(name, alias, mv.version)
+    return {"name": name, "alias": alias, "old": int(old) if old else None, "new": int(mv.version), "run_id": mv.run_id}
+
+
 def main() -> None:
     params, root = P.load(), P.project_root()
     run = read_run(root)

@@ -1,0 +1,36 @@
+"""Export a trained model to ONNX and check it against PyTorch with onnxruntime on a real image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from srctl import model as M
+from srctl.color import y_channel
+from srctl.errors import SrctlError
+from srctl.files import atomic_path
+
+
+def export_onnx(net: M.ESPCN, path: Path, check_image: Path) -> float:
+    """Write `path`: input `y` [N, 1, H, W] float 0..1 (any N, H, W) -> `y_sr` [N, 1, sH, sW].
+
+    Returns the max abs difference between onnxruntime and PyTorch on the Y of `check_image`."""
+    import onnxruntime
+
+    net = net.cpu().eval()
+    dims = {0: torch.export.Dim("n", min=1, max=1024), 2: torch.export.Dim("h", min=8), 3: torch.export.Dim("w", min=8)}
+    with atomic_path(path) as tmp:
+        torch.onnx.export(net, (torch.rand(1, 1, 32, 48),), str(tmp), input_names=["y"], output_names=["y_sr"],
+                          dynamic_shapes={"y": dims}, dynamo=True, external_data=False)
+        y = torch.from_numpy(y_channel(Image.open(check_image))).float().div(255)[None, None]
+        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"y": y.numpy()})[0]
+        with torch.inference_mode():
+            want = net(y).numpy()
+        if got.shape != want.shape:
+            raise SrctlError(f"ONNX output {got.shape} differs from PyTorch's {want.shape}")
+        diff = float(np.abs(got - want).max())
+    return diff
