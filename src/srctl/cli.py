@@ -28,12 +28,17 @@ def _default_model() -> str:
         return "espcn-x3@champion"
 
 
-def _precision(half: bool, bf16: bool):
+def _precision(half: bool, bf16: bool, fp32: bool, device: Optional[str]):
+    """Autocast dtype: as asked, else bf16 where the hardware computes it natively (as in training)."""
     import torch
 
-    if half and bf16:
-        raise SrctlError("choose one of --half and --bf16")
-    return torch.float16 if half else torch.bfloat16 if bf16 else None
+    from srctl.infer import autocast_dtype, pick_device
+
+    if half + bf16 + fp32 > 1:
+        raise SrctlError("choose one of --half, --bf16 and --fp32")
+    if half or bf16:
+        return torch.float16 if half else torch.bfloat16
+    return None if fp32 else autocast_dtype(torch.device(device) if device else pick_device())
 
 
 def _quiet_mlflow() -> None:
@@ -46,7 +51,8 @@ RUN_ID = typer.Option(None, "--run-id", help="Use the model logged by this MLflo
 MODEL = typer.Option(None, "--model", help="Registered model as NAME@ALIAS or NAME/VERSION [default: <name>-x<scale>@champion].")
 DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps [default: the GPU if there is one].")
 HALF = typer.Option(False, "--half", help="fp16 autocast (GPUs).")
-BF16 = typer.Option(False, "--bf16", help="bf16 autocast (GPUs, CPUs with AVX512-BF16/AMX): faster, within a level or two of fp32.")
+BF16 = typer.Option(False, "--bf16", help="bf16 autocast. The default where the hardware has it (GPUs, CPUs with AVX512-BF16/AMX).")
+FP32 = typer.Option(False, "--fp32", help="Full fp32: slower, differs from bf16 by at most a few levels out of 255.")
 QUIET = typer.Option(False, "-q", "--quiet", help="No progress bar.")
 
 
@@ -69,6 +75,7 @@ def infer(
     device: Optional[str] = DEVICE,
     half: bool = HALF,
     bf16: bool = BF16,
+    fp32: bool = FP32,
     tile: int = typer.Option(512, "--tile", min=16, help="Tile side in input pixels: bounds memory on huge images."),
     quiet: bool = QUIET,
 ) -> None:
@@ -89,7 +96,7 @@ def infer(
             for exc in problems[:-1]:
                 typer.echo(f"error: {exc}", err=True)
             raise problems[-1]
-        amp = _precision(half, bf16)
+        amp = _precision(half, bf16, fp32, device)
         failed = I.infer(paths, _model_dir(run_id, model), output, force, device, amp, tile,
                          progress=not quiet and sys.stderr.isatty())
     except SrctlError as exc:
@@ -114,6 +121,7 @@ def video(
     device: Optional[str] = DEVICE,
     half: bool = HALF,
     bf16: bool = BF16,
+    fp32: bool = FP32,
     quiet: bool = QUIET,
 ) -> None:
     """Upscale a video: frames as in `srctl infer`, in batches; audio copied; source frame rate."""
@@ -127,7 +135,7 @@ def video(
 
     try:
         I.check_path(src)
-        amp = _precision(half, bf16)
+        amp = _precision(half, bf16, fp32, device)
         net = M.load(_model_dir(run_id, model), torch.device(device) if device else I.pick_device())
         dst = output or src.with_name(f"{src.stem}_x{net.scale}.mp4")
         if dst.resolve() == src.resolve():

@@ -41,47 +41,55 @@ def _bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:
     return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 where the hardware computes it natively (CUDA, CPUs with AVX512-BF16/AMX), fp16 on MPS."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    cpu_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return torch.bfloat16 if cpu_bf16 or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() else None
+
+
 def receptive_radius(net: M.ESPCN) -> int:
     """How far (in LR pixels) an output pixel sees: the overlap that makes tiles seamless."""
     return sum(m.kernel_size[0] // 2 for m in net.modules() if isinstance(m, torch.nn.Conv2d))
 
 
-def upscale_y(net: M.ESPCN, y: torch.Tensor, tile: int = TILE, amp: torch.dtype | None = None) -> torch.Tensor:
-    """Float Y [N, 1, h, w] in 0..255 -> [N, 1, h*s, w*s], computed in overlapping tiles.
-
-    Tiles overlap by the network's receptive radius, so the result equals untiled inference."""
-    s, halo = net.scale, receptive_radius(net)
-    device = next(net.parameters()).device
-    n, _, h, w = y.shape
-    out = torch.empty((n, 1, h * s, w * s), device=y.device)
-    for y0 in range(0, h, tile):
-        for x0 in range(0, w, tile):
-            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-            a0, b0, a1, b1 = max(y0 - halo, 0), max(x0 - halo, 0), min(y1 + halo, h), min(x1 + halo, w)
-            patch = (y[:, :, a0:a1, b0:b1].to(device) / 255).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                r = net(patch)
-            r = r[:, :, (y0 - a0) * s : (y1 - a0) * s, (x0 - b0) * s : (x1 - b0) * s]
-            out[:, :, y0 * s : y1 * s, x0 * s : x1 * s] = r.float().clamp(0, 1).mul(255).to(out.device)
-    return out
+def _upscale(net: M.ESPCN, x: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
+    """float [N, C, h, w] in 0..255 on the net's device -> float [N, C, h*s, w*s]."""
+    s, c = net.scale, x.shape[1]
+    ycc = rgb_to_ycbcr(x[:, :3]) if c >= 3 else x[:, :1]
+    with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+        y = net((ycc[:, :1] / 255).contiguous(memory_format=torch.channels_last))
+    parts = [y.float().clamp(0, 1) * 255]
+    if c >= 3:
+        parts = [ycbcr_to_rgb(torch.cat([parts[0], _bicubic(ycc[:, 1:], s)], 1))]
+    if c in (2, 4):  # alpha
+        parts.append(_bicubic(x[:, -1:], s))
+    return torch.cat(parts, 1)
 
 
 @torch.inference_mode()
 def upscale_batch(net: M.ESPCN, x: torch.Tensor, tile: int = TILE, amp: torch.dtype | None = None) -> torch.Tensor:
-    """uint8 [N, C, h, w] (C as in to_tensor) -> uint8 [N, C, h*s, w*s].
+    """uint8 [N, C, h, w] (C as in to_tensor) -> uint8 [N, C, h*s, w*s], in tiles of `tile` LR pixels.
 
-    Colour goes to YCbCr: the network upscales Y, Cb, Cr and alpha are upscaled bicubically."""
-    s, c = net.scale, x.shape[1]
-    x = x.float()
-    colour = c >= 3
-    ycc = rgb_to_ycbcr(x[:, :3]) if colour else x[:, :1]
-    y_sr = upscale_y(net, ycc[:, :1], tile, amp)
-    parts = [y_sr]
-    if colour:
-        parts = [ycbcr_to_rgb(torch.cat([y_sr, _bicubic(ycc[:, 1:], s)], 1))]
-    if c in (2, 4):  # alpha
-        parts.append(_bicubic(x[:, -1:], s))
-    return torch.cat(parts, 1).round_().clamp_(0, 255).to(torch.uint8)
+    Colour goes to YCbCr: the network upscales Y, Cb, Cr and alpha are upscaled bicubically. Tiles
+    overlap by the network's receptive radius (and bicubic's 2 pixels), so the result equals untiled
+    inference, and memory stays bounded by the tile size plus the uint8 output."""
+    s, halo = net.scale, max(receptive_radius(net), 2)
+    net.to(memory_format=torch.channels_last)  # weights too, not only activations: ~1.8x faster on CPU
+    device = next(net.parameters()).device
+    n, c, h, w = x.shape
+    out = torch.empty((n, c, h * s, w * s), dtype=torch.uint8, device=x.device)
+    for y0 in range(0, h, tile):
+        for x0 in range(0, w, tile):
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            a0, b0, a1, b1 = max(y0 - halo, 0), max(x0 - halo, 0), min(y1 + halo, h), min(x1 + halo, w)
+            r = _upscale(net, x[:, :, a0:a1, b0:b1].to(device).float(), amp)
+            r = r[:, :, (y0 - a0) * s : (y1 - a0) * s, (x0 - b0) * s : (x1 - b0) * s]
+            out[:, :, y0 * s : y1 * s, x0 * s : x1 * s] = r.round_().clamp_(0, 255).to(torch.uint8).to(x.device)
+    return out
 
 
 def upscale_image(net: M.ESPCN, img: Image.Image, tile: int = TILE, amp: torch.dtype | None = None) -> Image.Image:
@@ -126,7 +134,7 @@ def save_image(img: Image.Image, path: Path, icc_profile: bytes | None = None) -
     try:
         with atomic_path(path) as tmp:
             fmt = Image.registered_extensions().get(path.suffix.lower())
-            # PNG at zlib level 1: several times faster to write than Pillow's default 6, files ~10% larger
+            # PNG at zlib level 1: ~3x faster to write than Pillow's default 6; files ~40% larger on photos
             img.save(tmp, format=fmt, icc_profile=icc_profile, **({"compress_level": 1} if fmt == "PNG" else {}))
     except (ValueError, OSError, KeyError) as exc:
         raise SrctlError(f"{path}: cannot write ({exc})") from exc

@@ -25,7 +25,7 @@ from srctl import registry
 from srctl.errors import SrctlError, run_stage
 from srctl.evaluate import psnr
 from srctl.files import atomic_path, write_json
-from srctl.infer import pick_device
+from srctl.infer import autocast_dtype, pick_device
 from srctl.prepare import load_split
 
 CHECKPOINT = "checkpoint.pt"  # beside models/mlflow_run.json; deleted once training has finished
@@ -47,16 +47,6 @@ def sample_patches(lr, hr, batch: int, size: int, scale: int, gen: torch.Generat
         lr_p, hr_p = lr_p.flip(2), hr_p.flip(2)
     to_float = lambda t: t[:, None].float().div_(255).contiguous(memory_format=torch.channels_last)  # noqa: E731
     return to_float(lr_p), to_float(hr_p)
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 where the hardware computes it natively (CUDA, CPUs with AVX512-BF16/AMX), fp16 on MPS."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    cpu_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    return torch.bfloat16 if cpu_bf16 or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() else None
 
 
 @torch.no_grad()
