@@ -236,3 +236,18 @@ def test_folders_globs_and_batches(tmp_path, model_dir, capsys):
         src = next(folder.glob(f"{name}.*"))
         alone = upscale_image(net, open_image(src))
         assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / f"{name}.png")), np.asarray(alone))
+
+
+def test_icc_profile_kept_and_output_format_from_the_name(tmp_path, model_dir):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    src = tmp_path / "tagged.png"
+    Image.open(BSDS300 / "images" / "test" / "3096.jpg").crop((0, 0, 40, 30)).save(src, icc_profile=icc)
+    assert infer([src], model_dir, tmp_path / "out.webp") == 0
+    out = Image.open(tmp_path / "out.webp")
+    assert out.format == "WEBP" and out.info.get("icc_profile") == icc
+    rgba = tmp_path / "alpha.png"
+    Image.new("RGBA", (8, 8)).save(rgba)
+    assert infer([rgba], model_dir, tmp_path / "alpha.jpg") == 1  # JPEG has no alpha: a clear error, no file
+    assert not (tmp_path / "alpha.jpg").exists()

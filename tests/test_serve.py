@@ -30,7 +30,7 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     """A registered espcn-x3@champion in a real sqlite store, served by `srctl serve` on a free port."""
     root = tmp_path_factory.mktemp("serve")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "SRCTL_SERVE_MAX_BYTES": "1500000"}
     old = os.environ.copy()
     os.environ.update(env)
     cwd = os.getcwd()
@@ -103,3 +103,11 @@ def test_too_many_pixels_is_4xx(server):
     Image.new("L", (5000, 4000)).save(buf, format="PNG")  # 20 Mpx: over the 16.7 Mpx serving limit
     res = _post(server, buf.getvalue())
     assert res.status_code == 400 and "over the limit" in res.json()["message"]
+
+
+def test_too_many_bytes_is_4xx(server):
+    noise = Image.effect_noise((1000, 700), 50).convert("RGB")  # 2.1 MB as BMP: over the 1.5 MB set above
+    buf = io.BytesIO()
+    noise.save(buf, format="BMP")
+    res = _post(server, buf.getvalue())
+    assert res.status_code == 400 and "request over 1500000 bytes" in res.json()["message"]

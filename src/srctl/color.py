@@ -69,3 +69,17 @@ def y_channel(img: Image.Image) -> np.ndarray:
     """The Y the network sees, rounded to uint8 [H, W], of an RGB image."""
     y = rgb_to_ycbcr(to_tensor(img.convert("RGB"))[None].float())[0, 0]
     return y.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+# Studio-range BT.601, what FFmpeg's swscale uses for RGB -> yuv420p when nothing else is said.
+_TO_YUV = torch.tensor([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]) / 255
+
+
+def rgb_to_yuv420p(rgb: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 3, H, W] RGB (H, W even) -> uint8 [N, H*3/2, W]: the Y, U, V planes of yuv420p frames,
+    laid out as PyAV's VideoFrame.from_ndarray(format="yuv420p") takes them. Chroma: 2x2 means."""
+    n, _, h, w = rgb.shape
+    yuv = _affine(rgb.float(), _TO_YUV, torch.zeros(3), torch.tensor([16.0, 128.0, 128.0]))
+    uv = torch.nn.functional.avg_pool2d(yuv[:, 1:], 2)
+    planes = [yuv[:, 0].reshape(n, h, w), uv[:, 0].reshape(n, h // 4, w), uv[:, 1].reshape(n, h // 4, w)]
+    return torch.cat(planes, 1).round_().clamp_(0, 255).to(torch.uint8)

@@ -11,6 +11,7 @@ import glob
 import io
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -107,7 +108,9 @@ def check_path(path: Path) -> None:
 def decode_image(source: Path | BinaryIO, name: str, max_pixels: int | None = None) -> Image.Image:
     """The decoded image, turned upright by its EXIF orientation; SrctlError naming `name` if it can't be."""
     try:
-        with Image.open(source) as img:
+        with warnings.catch_warnings(), Image.open(source) as img:
+            # past MAX_IMAGE_PIXELS Pillow only warns (a 12000x8000 photo does); past twice that it refuses
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             if max_pixels and img.width * img.height > max_pixels:
                 raise SrctlError(f"{name}: {img.width}x{img.height} is over the limit of {max_pixels} pixels")
             img.load()

@@ -7,13 +7,16 @@ frame of the output equals `srctl infer` on that frame before the codec compress
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
+from queue import Queue
 
 import torch
 
 from srctl import model as M
+from srctl.color import rgb_to_yuv420p
 from srctl.errors import SrctlError
 from srctl.files import atomic_path
 from srctl.infer import TILE, upscale_batch
@@ -36,10 +39,13 @@ def upscale_video(
     preset: str = "veryfast",
     batch: int = 8,
     amp: torch.dtype | None = None,
-    tile: int = TILE,
+    tile: int | None = None,
     progress: bool = False,
 ) -> dict:
-    """Write `dst` (atomically) with every video frame of `src` upscaled and its audio track copied."""
+    """Write `dst` (atomically) with every video frame of `src` upscaled and its audio track copied.
+
+    A second thread encodes and muxes while the main one decodes and runs the network; for 4:2:0
+    encoders the RGB -> yuv420p conversion runs on the model's device, not in swscale."""
     import av
     from tqdm import tqdm
 
@@ -55,41 +61,75 @@ def upscale_video(
         ain = inp.streams.audio[0] if inp.streams.audio else None
         rate = vin.average_rate or vin.guessed_rate or Fraction(25)
         s = net.scale
+        device = next(net.parameters()).device
+        tile = tile or (4096 if device.type == "cuda" else TILE)  # a GPU takes whole frames at once
         started, frames = time.perf_counter(), 0
         try:
             with atomic_path(dst) as tmp, av.open(str(tmp), "w") as out:
                 vout = out.add_stream(codec, rate=rate)
                 vout.width, vout.height, vout.pix_fmt = vin.width * s, vin.height * s, _pix_fmt(codec)
-                if codec.startswith("libx264"):
+                if codec.startswith("libx26"):
                     vout.options = {"crf": str(crf), "preset": preset}
                 aout = out.add_stream_from_template(ain) if ain else None
+                yuv = vout.pix_fmt == "yuv420p" and vout.width % 2 == 0 and vout.height % 4 == 0
                 bar = tqdm(total=vin.frames or None, unit="frame", disable=not progress, file=sys.stderr)
+                queue: Queue = Queue(maxsize=4 * batch)
+                failures: list[BaseException] = []
+
+                def writer() -> None:  # encodes and muxes in order; keeps draining after a failure
+                    while (item := queue.get()) is not None:
+                        if failures:
+                            continue
+                        try:
+                            out.mux(vout.encode(item) if isinstance(item, av.VideoFrame) else item)
+                        except BaseException as exc:  # re-raised in the main thread
+                            failures.append(exc)
+                    if not failures:
+                        try:
+                            out.mux(vout.encode(None))
+                        except BaseException as exc:
+                            failures.append(exc)
+
+                thread = threading.Thread(target=writer, daemon=True)
+                thread.start()
                 pending: list = []
 
                 def flush() -> None:
                     nonlocal frames
                     x = torch.stack([torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1) for f in pending])
-                    for y in upscale_batch(net, x, tile, amp):
-                        frame = av.VideoFrame.from_ndarray(y.permute(1, 2, 0).numpy(), format="rgb24")
+                    up = upscale_batch(net, x.to(device), tile, amp)
+                    if yuv:
+                        arrays, fmt = rgb_to_yuv420p(up).cpu().numpy(), "yuv420p"
+                    else:
+                        arrays, fmt = up.permute(0, 2, 3, 1).contiguous().cpu().numpy(), "rgb24"
+                    for a in arrays:
+                        frame = av.VideoFrame.from_numpy_buffer(a, format=fmt)  # no copy: 4K frames add up
                         frame.pts, frame.time_base = frames, 1 / Fraction(rate)
-                        out.mux(vout.encode(frame))
+                        queue.put(frame)
                         frames += 1
                     bar.update(len(pending))
                     pending.clear()
 
-                for packet in inp.demux(*(st for st in (vin, ain) if st)):
-                    if packet.stream is ain:
-                        if packet.dts is not None:  # the demuxer's flush packet has none
-                            packet.stream = aout
-                            out.mux(packet)
-                        continue
-                    pending.extend(packet.decode())
-                    if len(pending) >= batch:
+                try:
+                    for packet in inp.demux(*(st for st in (vin, ain) if st)):
+                        if failures:
+                            break
+                        if packet.stream is ain:
+                            if packet.dts is not None:  # the demuxer's flush packet has none
+                                packet.stream = aout
+                                queue.put(packet)
+                            continue
+                        pending.extend(packet.decode())
+                        if len(pending) >= batch:
+                            flush()
+                    if pending and not failures:
                         flush()
-                if pending:
-                    flush()
-                out.mux(vout.encode(None))
-                bar.close()
+                finally:
+                    queue.put(None)
+                    thread.join()
+                    bar.close()
+                if failures:
+                    raise failures[0]
                 if frames == 0:
                     raise SrctlError(f"{src}: no video frames decoded")
         except av.error.FFmpegError as exc:
