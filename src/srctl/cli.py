@@ -41,6 +41,11 @@ def _precision(half: bool, bf16: bool, fp32: bool, device: Optional[str]):
     return None if fp32 else autocast_dtype(torch.device(device) if device else pick_device())
 
 
+def _fail(exc: SrctlError) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)
+
+
 def _quiet_mlflow() -> None:
     # keep stderr for what the user must read: no INFO lines, no download progress bars
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
@@ -100,8 +105,7 @@ def infer(
         failed = I.infer(paths, _model_dir(run_id, model), output, force, device, amp, tile,
                          progress=not quiet and sys.stderr.isatty())
     except SrctlError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+        raise _fail(exc)
     if failed:
         typer.echo(f"error: {failed} of {len(paths)} images failed", err=True)
         raise typer.Exit(1)
@@ -144,8 +148,7 @@ def video(
             raise SrctlError(f"{dst}: exists; pass --force to overwrite it")
         stats = upscale_video(src, dst, net, codec, crf, preset, batch, amp, progress=not quiet and sys.stderr.isatty())
     except SrctlError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+        raise _fail(exc)
     w, h = stats["size"]
     typer.echo(f"{src} -> {dst} ({stats['frames']} frames, {w}x{h}, {stats['fps']:.1f} frames/s)")
 
@@ -165,8 +168,7 @@ def serve(
     try:
         uri = registry.model_uri(run_id, None if run_id else (model or _default_model()))
     except SrctlError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+        raise _fail(exc)
     _quiet_mlflow()
     env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri(), "MLFLOW_DISABLE_TELEMETRY": "true",
            # the server runs uvicorn from this environment's bin/, activated or not
@@ -175,11 +177,6 @@ def serve(
            "-h", host, "-p", str(port)]
     typer.echo(f"serving {uri} on http://{host}:{port}/invocations", err=True)
     os.execve(sys.executable, cmd, env)  # become the server: signals and exit code are its own
-
-
-def _fail(exc: SrctlError) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(1)
 
 
 @app.command()

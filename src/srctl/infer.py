@@ -199,7 +199,7 @@ def infer(
 ) -> int:
     """Upscale every input with the model in `model_dir` (loaded once); returns how many failed.
 
-    Consecutive images of the same size go through the network as one batch. A file that fails is
+    Consecutive small images of the same size go through the network as one batch. A file that fails is
     reported on stderr (one line) and skipped; the others are still written.
     """
     from tqdm import tqdm
@@ -240,6 +240,9 @@ def infer(
             run(batch)
             batch = []
         batch.append((src, dst, x, img.info.get("icc_profile")))
+        if max(x.shape[1:]) > tile:  # only images of one tile are batched: memory stays bounded
+            run(batch)
+            batch = []
     if batch:
         run(batch)
     bar.close()

@@ -26,8 +26,12 @@ SCORE = "psnr"  # what makes a champion: mean BSDS300 test PSNR (dB), from the e
 RUN_FILE = "models/mlflow_run.json"  # written by train: which MLflow run made models/espcn
 
 
-def tracking_uri(root: Path | None = None) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root or P.project_root()}/mlflow.db"
+def _embedded_uri() -> str:
+    return f"sqlite:///{P.project_root()}/mlflow.db"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or _embedded_uri()
 
 
 def _mlflow():
@@ -45,7 +49,7 @@ def _experiment_id(mlflow) -> str:
     if found:
         return found.experiment_id
     # Embedded store: keep artifacts beside mlflow.db rather than under whatever the cwd is.
-    embedded = mlflow.get_tracking_uri() == f"sqlite:///{P.project_root()}/mlflow.db"
+    embedded = mlflow.get_tracking_uri() == _embedded_uri()
     location = (P.project_root() / "mlartifacts").as_uri() if embedded else None
     return mlflow.create_experiment(name, artifact_location=location)
 
