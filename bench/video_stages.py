@@ -1,0 +1,63 @@
+"""Where `srctl video` spends its time: each stage alone, frames/s.
+
+Decode (+ to RGB), network + colour + yuv420p + copy back (per batch size), and libx264 alone per
+preset, on the same clip. Run where the video is slow to see which stage bounds it.
+
+Usage: python bench/video_stages.py CLIP MODEL_DIR   (MODEL_DIR: a folder with config.json, e.g. the
+       run's cache ~/.cache/srctl/runs/<run id>, or models/espcn)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from srctl import model as M
+from srctl.color import rgb_to_yuv420p
+from srctl.infer import autocast_dtype, pick_device, upscale_batch
+
+
+def main() -> None:
+    clip, model_dir = sys.argv[1], Path(sys.argv[2])
+    device = pick_device()
+    net = M.load(model_dir, device)
+    amp = autocast_dtype(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    start = time.perf_counter()
+    frames = [f.to_ndarray(format="rgb24") for f in av.open(clip).decode(video=0)]
+    print(f"decode + to RGB: {len(frames) / (time.perf_counter() - start):.1f} frames/s ({len(frames)} frames)")
+
+    x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+    upscale_batch(net, x[:2].to(device), 4096, amp)  # warm-up
+    for batch in (8, 16):
+        sync()
+        start, out = time.perf_counter(), []
+        for i in range(0, len(frames), batch):
+            out.append(rgb_to_yuv420p(upscale_batch(net, x[i : i + batch].to(device), 4096, amp)).cpu().numpy())
+        sync()
+        print(f"network + colour + yuv420p + copy back, batch {batch}: {len(frames) / (time.perf_counter() - start):.1f} frames/s")
+
+    planes = np.concatenate(out)[:150]
+    h, w = planes.shape[1] * 2 // 3, planes.shape[2]
+    for preset in ("ultrafast", "superfast", "veryfast"):
+        with av.open("/dev/null", "w", format="mp4") as f:
+            v = f.add_stream("libx264", rate=30)
+            v.width, v.height, v.pix_fmt, v.options = w, h, "yuv420p", {"crf": "18", "preset": preset}
+            start = time.perf_counter()
+            for i, p in enumerate(planes):
+                frame = av.VideoFrame.from_numpy_buffer(p, format="yuv420p")
+                frame.pts, frame.time_base = i, Fraction(1, 30)
+                f.mux(v.encode(frame))
+            f.mux(v.encode(None))
+        print(f"libx264 {preset} alone, {w}x{h}: {len(planes) / (time.perf_counter() - start):.1f} frames/s")
+
+
+if __name__ == "__main__":
+    main()
