@@ -72,7 +72,9 @@ def _upscale(net: M.ESPCN, x: torch.Tensor, amp: torch.dtype | None) -> torch.Te
 
 
 @torch.inference_mode()
-def upscale_batch(net: M.ESPCN, x: torch.Tensor, tile: int = TILE, amp: torch.dtype | None = None) -> torch.Tensor:
+def upscale_batch(
+    net: M.ESPCN, x: torch.Tensor, tile: int = TILE, amp: torch.dtype | None = None, progress: bool = False
+) -> torch.Tensor:
     """uint8 [N, C, h, w] (C as in to_tensor) -> uint8 [N, C, h*s, w*s], in tiles of `tile` LR pixels.
 
     Colour goes to YCbCr: the network upscales Y, Cb, Cr and alpha are upscaled bicubically. Tiles
@@ -83,13 +85,17 @@ def upscale_batch(net: M.ESPCN, x: torch.Tensor, tile: int = TILE, amp: torch.dt
     device = next(net.parameters()).device
     n, c, h, w = x.shape
     out = torch.empty((n, c, h * s, w * s), dtype=torch.uint8, device=x.device)
-    for y0 in range(0, h, tile):
-        for x0 in range(0, w, tile):
-            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-            a0, b0, a1, b1 = max(y0 - halo, 0), max(x0 - halo, 0), min(y1 + halo, h), min(x1 + halo, w)
-            r = _upscale(net, x[:, :, a0:a1, b0:b1].to(device).float(), amp)
-            r = r[:, :, (y0 - a0) * s : (y1 - a0) * s, (x0 - b0) * s : (x1 - b0) * s]
-            out[:, :, y0 * s : y1 * s, x0 * s : x1 * s] = r.round_().clamp_(0, 255).to(torch.uint8).to(x.device)
+    corners = [(y0, x0) for y0 in range(0, h, tile) for x0 in range(0, w, tile)]
+    if progress and len(corners) > 1:  # a big image: show its tiles
+        from tqdm import tqdm
+
+        corners = tqdm(corners, unit="tile", leave=False, file=sys.stderr)
+    for y0, x0 in corners:
+        y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+        a0, b0, a1, b1 = max(y0 - halo, 0), max(x0 - halo, 0), min(y1 + halo, h), min(x1 + halo, w)
+        r = _upscale(net, x[:, :, a0:a1, b0:b1].to(device).float(), amp)
+        r = r[:, :, (y0 - a0) * s : (y1 - a0) * s, (x0 - b0) * s : (x1 - b0) * s]
+        out[:, :, y0 * s : y1 * s, x0 * s : x1 * s] = r.round_().clamp_(0, 255).to(torch.uint8).to(x.device)
     return out
 
 
@@ -209,6 +215,7 @@ def infer(
     if output and len(inputs) > 1:
         output.mkdir(parents=True, exist_ok=True)
     failed = 0
+    # one bar over the files when there are several; upscale_batch adds one over the tiles of a big image
     bar = tqdm(total=len(inputs), unit="img", disable=not progress or len(inputs) < 2, file=sys.stderr)
 
     def fail(exc: SrctlError) -> None:
@@ -217,7 +224,7 @@ def infer(
         bar.write(f"error: {exc}", file=sys.stderr)
 
     def run(batch: list[tuple[Path, Path, torch.Tensor, bytes | None]]) -> None:
-        results = upscale_batch(net, torch.stack([x for _, _, x, _ in batch]), tile, amp)
+        results = upscale_batch(net, torch.stack([x for _, _, x, _ in batch]), tile, amp, progress)
         for (src, dst, _, icc), result in zip(batch, results):
             try:
                 img = to_image(result)
