@@ -142,10 +142,7 @@ def video(
         amp = _precision(half, bf16, fp32, device)
         net = M.load(_model_dir(run_id, model), torch.device(device) if device else I.pick_device())
         dst = output or src.with_name(f"{src.stem}_x{net.scale}.mp4")
-        if dst.resolve() == src.resolve():
-            raise SrctlError(f"{dst}: is the input; refusing to overwrite it")
-        if dst.exists() and not force:
-            raise SrctlError(f"{dst}: exists; pass --force to overwrite it")
+        I.output_paths([src], dst, net.scale, force)  # the same refusals as infer: never the input, no clobbering
         stats = upscale_video(src, dst, net, codec, crf, preset, batch, amp, progress=not quiet and sys.stderr.isatty())
     except SrctlError as exc:
         raise _fail(exc)

@@ -71,8 +71,10 @@ def y_channel(img: Image.Image) -> np.ndarray:
     return y.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-# Studio-range BT.601, what FFmpeg's swscale uses for RGB -> yuv420p when nothing else is said.
-_TO_YUV = torch.tensor([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]) / 255
+# Studio-range BT.601 (Y in 16..235): the SR literature's PSNR channel, and what FFmpeg's swscale uses
+# for RGB -> yuv420p when nothing else is said. Rows Y, Cb, Cr; times R, G, B in 0..255, over 255.
+BT601_STUDIO = ((65.481, 128.553, 24.966), (-37.797, -74.203, 112.0), (112.0, -93.786, -18.214))
+_TO_YUV = torch.tensor(BT601_STUDIO) / 255
 
 
 def rgb_to_yuv420p(rgb: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from srctl import model as M
 from srctl import params as P
 from srctl import registry
 from srctl.errors import SrctlError, run_stage
+from srctl.color import BT601_STUDIO
 from srctl.files import write_json
 from srctl.infer import pick_device, upscale_image
 from srctl.prepare import crop_to_multiple, downscale
@@ -25,7 +26,7 @@ from srctl.prepare import crop_to_multiple, downscale
 def y_studio(img: Image.Image) -> np.ndarray:
     """Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255, as float64 in 16..235."""
     rgb = np.asarray(img.convert("RGB"), dtype=np.float64)
-    return 16.0 + rgb @ np.array([65.481, 128.553, 24.966]) / 255.0
+    return 16.0 + rgb @ np.array(BT601_STUDIO[0]) / 255.0
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, border: int) -> torch.Tensor:
