@@ -15,12 +15,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import BSDS300, ROOT
+from conftest import BSDS300, DATASETS, ROOT
 
 TINY = {
     "prepare": {"max_train_images": 4, "max_test_images": 2},
     "train": {"epochs": 1, "steps_per_epoch": 20, "batch_size": 16},
     "evaluate": {"max_images": 3, "samples": 3},
+    "benchmark": {"sets": {"Set5": str(DATASETS / "Set5"), "Set14": "../no-such-set"}},
 }
 
 
@@ -58,10 +59,14 @@ def repo(tmp_path_factory):
 def test_repro_writes_every_stage_output(repo):
     repo, env = repo
     for path in ("data/raw/BSDS300", "data/prepared/train.safetensors", "models/espcn/model.safetensors",
-                 "metrics/train.json", "metrics/train_log.csv", "metrics/evaluate.json", "mlflow.db"):
+                 "metrics/train.json", "metrics/train_log.csv", "metrics/evaluate.json", "metrics/benchmark.json",
+                 "mlflow.db"):
         assert (repo / path).exists(), path
     metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
     assert metrics["images"] == 3 and 20 < metrics["bicubic_psnr"] < 40
+    bench = json.loads((repo / "metrics" / "benchmark.json").read_text())
+    assert bench["scale"] == 3 and bench["Set14"] == {"images": 0} and bench["Set5"]["images"] == 5
+    assert bench["Set5"]["bicubic_psnr"] == pytest.approx(30.40, abs=0.01)
     status = subprocess.run(["dvc", "status"], cwd=repo, env=env, capture_output=True, text=True)
     assert "up to date" in status.stdout  # a second `dvc repro` would do nothing
 
@@ -75,7 +80,8 @@ def test_run_is_complete_in_mlflow_and_registered(repo):
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert {"train.lr", "train.epochs", "scale", "seed"} <= set(run.data.params)
-    assert {"psnr", "ssim", "bicubic_psnr", "test_psnr", "train_loss", "train_seconds"} <= set(run.data.metrics)
+    assert {"psnr", "ssim", "bicubic_psnr", "test_psnr", "train_loss", "train_seconds", "Set5/psnr",
+            "Set5/bicubic_ssim"} <= set(run.data.metrics)
     assert run.data.tags["git_commit"] and len(run.data.tags["dataset_sha256"]) == 64
     samples = [a.path for a in client.list_artifacts(run_id, "samples")]
     assert len(samples) == 3
@@ -125,6 +131,9 @@ def test_dvc_exp_run_is_its_own_mlflow_run_in_the_repo_store(repo):
     assert len(runs) == 2 and len(exp_runs) == 1
     assert exp_runs[0].data.params["train.lr"] == "0.002" and "psnr" in exp_runs[0].data.metrics
     assert len(client.search_model_versions("name='espcn-x3'")) == 2
+    diff = subprocess.run(["dvc", "metrics", "diff", "--json"], cwd=repo, env=env, capture_output=True, text=True)
+    changed = json.loads(diff.stdout)["metrics/benchmark.json"]  # the experiment's numbers vs the commit's
+    assert changed["Set5.psnr"]["new"] == pytest.approx(exp_runs[0].data.metrics["Set5/psnr"])
 
 
 def test_fresh_clone_of_a_committed_result_trains_evaluates_and_registers_again(repo, tmp_path):
@@ -138,7 +147,7 @@ def test_fresh_clone_of_a_committed_result_trains_evaluates_and_registers_again(
     git("clone", "-q", str(repo), str(clone))
     res = subprocess.run(["dvc", "repro"], cwd=clone, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
-    for stage in ("download", "prepare", "train", "evaluate", "register"):
+    for stage in ("download", "prepare", "train", "evaluate", "benchmark", "register"):
         assert f"Running stage '{stage}'" in res.stdout
     import mlflow
 

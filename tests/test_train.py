@@ -159,3 +159,19 @@ def test_a_checkpoint_of_other_params_or_damaged_is_not_resumed(prepared_dir, tm
     _run(params, prepared_dir, tmp_path, "x")
     assert "ignoring unreadable checkpoint" in capsys.readouterr().out
     assert not ckpt.exists()
+
+
+@pytest.mark.parametrize("scale, arch", [(2, "paper"), (4, "seed")])
+def test_other_scales_and_the_paper_network_train(raw_dir, tmp_path, mlflow_store, scale, arch):
+    import dataclasses
+
+    from srctl import params as P
+    from srctl.prepare import prepare
+
+    prepare(raw_dir, tmp_path / "prepared", scale, P.Prepare())
+    params = dataclasses.replace(tiny_params(arch=arch), scale=scale)
+    summary, out = _run(params, tmp_path / "prepared", tmp_path, "run")
+    net = M.load(out / "model")
+    assert (net.scale, net.activation) == (scale, "tanh" if arch == "paper" else "relu")
+    assert net(torch.rand(1, 1, 6, 6)).shape == (1, 1, 6 * scale, 6 * scale)
+    assert 10 < summary["final_test_psnr"] < 50

@@ -252,6 +252,38 @@ def export(
 
 
 @app.command()
+def benchmark(
+    run_id: Optional[str] = RUN_ID,
+    model: Optional[str] = MODEL,
+    device: Optional[str] = DEVICE,
+    log: bool = typer.Option(True, "--log/--no-log", help="Log the numbers into the model's MLflow run."),
+) -> None:
+    """PSNR / SSIM of a logged model and of bicubic on Set5, Set14, BSD100 (folders from params.yaml)."""
+    from srctl import benchmark as B
+    from srctl import model as M
+    from srctl.infer import pick_device
+    from srctl import params as P
+    from srctl import registry
+
+    _quiet_mlflow()
+    try:
+        uri = registry.model_uri(run_id, None if run_id else (model or _default_model()))
+        source = registry.run_of(uri)
+        net = M.load(registry.fetch_model(uri), device or pick_device())
+        try:
+            params, root = P.load(), P.project_root()
+        except SrctlError:  # outside a project checkout: the default set folders, from here
+            params, root = P.Params(), Path.cwd()
+        sets = B.set_folders(params, root)
+        results = B.benchmark(net, sets)
+        if log:
+            registry.log_evaluation(source, B.flat(results), {})
+    except SrctlError as exc:
+        raise _fail(exc)
+    typer.echo(B.report(results, sets, net.scale, f"ESPCN (run {source[:8]})"))
+
+
+@app.command()
 def compare(
     image: Path = typer.Argument(..., help="A (small) image to upscale."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="[default: <stem>_compare.png beside it]"),

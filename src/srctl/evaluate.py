@@ -23,8 +23,13 @@ from srctl.infer import pick_device, upscale_image
 from srctl.prepare import crop_to_multiple, downscale
 
 
-def y_studio(img: Image.Image) -> np.ndarray:
-    """Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255, as float64 in 16..235."""
+def y_studio(img: Image.Image, gray: bool = False) -> np.ndarray:
+    """Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255, as float64 in 16..235.
+
+    A grayscale original is its own Y (0..255), as the literature's scripts score it (Set14's bridge):
+    studio-scaling it would read 1.32 dB higher."""
+    if gray:
+        return np.asarray(img.convert("L"), dtype=np.float64)
     rgb = np.asarray(img.convert("RGB"), dtype=np.float64)
     return 16.0 + rgb @ np.array(BT601_STUDIO[0]) / 255.0
 
@@ -48,8 +53,8 @@ def ssim(a: np.ndarray, b: np.ndarray, border: int) -> float:
     )
 
 
-def score(hr: Image.Image, out: Image.Image, scale: int) -> tuple[float, float]:
-    a, b = y_studio(out), y_studio(hr)
+def score(hr: Image.Image, out: Image.Image, scale: int, gray: bool = False) -> tuple[float, float]:
+    a, b = y_studio(out, gray), y_studio(hr, gray)
     return float(psnr(torch.from_numpy(a), torch.from_numpy(b), scale)), ssim(a, b, scale)
 
 
@@ -58,10 +63,12 @@ def evaluate(net: M.ESPCN, paths: list[Path], samples: int = 0) -> tuple[dict[st
     s = net.scale
     rows, pictures = [], {}
     for i, path in enumerate(paths):
-        hr = crop_to_multiple(Image.open(path).convert("RGB"), s)
+        with Image.open(path) as original:
+            gray = original.getbands() == ("L",)
+            hr = crop_to_multiple(original.convert("RGB"), s)
         lr = downscale(hr, s)
         sr, bicubic = upscale_image(net, lr), lr.resize(hr.size, Image.Resampling.BICUBIC)
-        rows.append((*score(hr, sr, s), *score(hr, bicubic, s)))
+        rows.append((*score(hr, sr, s, gray), *score(hr, bicubic, s, gray)))
         if i < samples:
             strip = Image.new("RGB", (hr.width * 3, hr.height))
             for j, part in enumerate((bicubic, sr, hr)):

@@ -29,6 +29,7 @@ class Prepare:
 
 @dataclass(frozen=True)
 class Train:
+    arch: str = "seed"  # seed: ReLU 64-64-32 (59,657 params); paper: Shi et al.'s 3-layer tanh 64-32
     epochs: int = 30
     steps_per_epoch: int = 1000
     batch_size: int = 64
@@ -45,6 +46,16 @@ class Evaluate:
     samples: int = 3  # bicubic | SR | HR pictures logged to MLflow
 
 
+def _benchmark_sets() -> dict[str, str]:
+    return {name: f"../shared/datasets/{name}" for name in ("Set5", "Set14", "BSD100")}
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    # name: folder of HR images, relative to the project root; a missing folder is reported as absent
+    sets: dict = field(default_factory=_benchmark_sets)
+
+
 @dataclass(frozen=True)
 class Register:
     model_name: str = "espcn"  # registered as <model_name>-x<scale>
@@ -59,6 +70,7 @@ class Params:
     prepare: Prepare = field(default_factory=Prepare)
     train: Train = field(default_factory=Train)
     evaluate: Evaluate = field(default_factory=Evaluate)
+    benchmark: Benchmark = field(default_factory=Benchmark)
     register: Register = field(default_factory=Register)
 
     @property
@@ -67,13 +79,14 @@ class Params:
 
     def flat(self) -> dict[str, object]:
         """`train.lr`-style keys, the way `dvc exp run -S` and MLflow name them."""
-        out: dict[str, object] = {}
-        for key, value in dataclasses.asdict(self).items():
+        def walk(prefix: str, value: object):
             if isinstance(value, dict):
-                out.update({f"{key}.{k}": v for k, v in value.items()})
+                for k, v in value.items():
+                    yield from walk(f"{prefix}.{k}" if prefix else k, v)
             else:
-                out[key] = value
-        return out
+                yield prefix, value
+
+        return dict(walk("", dataclasses.asdict(self)))
 
 
 def project_root() -> Path:
@@ -118,8 +131,12 @@ def load(path: Path | None = None) -> Params:
     except (OSError, yaml.YAMLError) as exc:
         raise SrctlError(f"cannot read {path}: {exc}") from exc
     params = _build(Params, values, "params")
+    if params.train.arch not in ("seed", "paper"):
+        raise SrctlError(f"params.yaml: train.arch must be seed or paper, got {params.train.arch!r}")
     if params.train.precision not in ("auto", "fp32"):
         raise SrctlError(f"params.yaml: train.precision must be auto or fp32, got {params.train.precision!r}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in params.benchmark.sets.items()):
+        raise SrctlError("params.yaml: benchmark.sets must map set names to folders")
     if params.scale not in (2, 3, 4):
         raise SrctlError(f"params.yaml: scale must be 2, 3 or 4, got {params.scale}")
     return params

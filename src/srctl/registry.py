@@ -147,6 +147,20 @@ def model_uri(run_id: str | None = None, model: str | None = None) -> str:
     return f"models:/{model}"
 
 
+def run_of(uri: str) -> str:
+    """The id of the training run that logged the model at `uri` (runs:/..., models:/NAME@ALIAS|/VERSION)."""
+    if uri.startswith("runs:/"):
+        return uri.split("/")[1]
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    name, at, alias = uri.removeprefix("models:/").partition("@")
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if at else client.get_model_version(*name.rsplit("/", 1))
+    except mlflow.exceptions.MlflowException as exc:
+        raise SrctlError(f"no model {uri} in {tracking_uri()}") from exc
+    return mv.run_id
+
+
 def _cache_dir(uri: str) -> Path | None:
     """Where a run's model is kept once fetched: a run's logged model never changes, so `srctl infer
     --run-id` can skip MLflow (seconds of import and lookup) the next time. Aliases always resolve."""

@@ -13,7 +13,6 @@ import math
 import random
 import signal
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -47,6 +46,17 @@ def sample_patches(lr, hr, batch: int, size: int, scale: int, gen: torch.Generat
         lr_p, hr_p = lr_p.flip(2), hr_p.flip(2)
     to_float = lambda t: t[:, None].float().div_(255).contiguous(memory_format=torch.channels_last)  # noqa: E731
     return to_float(lr_p), to_float(hr_p)
+
+
+def step(net, opt, scaler, amp: torch.dtype | None, lr_p: torch.Tensor, hr_p: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on MSE, under autocast when `amp` is set; returns the loss (not synced)."""
+    with torch.autocast(lr_p.device.type, dtype=amp, enabled=amp is not None):
+        loss = F.mse_loss(net(lr_p).float(), hr_p)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss.detach()
 
 
 @torch.no_grad()
@@ -98,13 +108,12 @@ def train(params: P.Params, prepared_dir: Path, model_dir: Path, metrics_dir: Pa
     if min(data["lr"].shape[-2:]) < cfg.patch_size:
         raise SrctlError(f"train.patch_size {cfg.patch_size} is larger than the training images")
 
-    net = M.ESPCN(s).to(device, memory_format=torch.channels_last)
+    net = M.ESPCN.named(cfg.arch, s).to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     total = cfg.epochs * cfg.steps_per_epoch
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr_final)
     amp = autocast_dtype(device) if cfg.precision == "auto" else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
 
     checkpoint = run_file.parent / CHECKPOINT
     fingerprint = _fingerprint(params, meta["dataset_sha256"])
@@ -126,14 +135,8 @@ def train(params: P.Params, prepared_dir: Path, model_dir: Path, metrics_dir: Pa
             loss_sum = torch.zeros((), device=device)
             for _ in range(cfg.steps_per_epoch):
                 lr_p, hr_p = sample_patches(data["lr"], data["hr"], cfg.batch_size, cfg.patch_size, s, gen, aug)
-                with autocast():
-                    loss = F.mse_loss(net(lr_p).float(), hr_p)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
+                loss_sum += step(net, opt, scaler, amp, lr_p, hr_p)
                 sched.step()
-                loss_sum += loss.detach()
             row = {
                 "epoch": epoch,
                 "train_loss": float(loss_sum) / cfg.steps_per_epoch,
