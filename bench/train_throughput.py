@@ -2,8 +2,8 @@
 
 LR pixels per second through forward + backward + Adam step, for the same network (the seed's ESPCN, x3):
   - srctl: the train stage's own code (random patches cut on the device from the resident uint8 tensors,
-    channels_last, bf16 autocast where the hardware has it), at params.yaml's batch and patch size;
-  - srctl --fp32: the same, without autocast;
+    channels_last, bf16 autocast where the hardware has it, torch.compile), at params.yaml's batch and
+    patch size; then the same without torch.compile, and without autocast;
   - example: batch 4 from a DataLoader over PIL crops (Y of a 255x255 centre crop per image, LR by
     torchvision's resize), NCHW fp32, as pytorch/examples does it.
 Prints each figure and the ratio to the example.
@@ -29,7 +29,7 @@ from srctl import model as M
 from srctl import params as P
 from srctl.infer import autocast_dtype
 from srctl.prepare import load_split
-from srctl.train import sample_patches, step
+from srctl.train import compiled, sample_patches, step
 
 ROOT = Path(__file__).resolve().parents[1]
 BSDS = ROOT.parent / "shared" / "datasets" / "BSDS300"
@@ -46,18 +46,21 @@ def timed(run_step, seconds: float) -> tuple[int, float]:
     return n, time.perf_counter() - start
 
 
-def srctl_loop(params: P.Params, amp: torch.dtype | None, seconds: float) -> float:
+def srctl_loop(params: P.Params, amp: torch.dtype | None, compile: bool, seconds: float) -> float:
     cfg, s = params.train, 3
     data, _ = load_split(ROOT / "data" / "prepared", "train")
     net = M.ESPCN.named(cfg.arch, s).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
+    fwd = compiled(net) if compile else net
     gen, aug = torch.Generator().manual_seed(0), random.Random(0)
 
     def one():
         lr_p, hr_p = sample_patches(data["lr"], data["hr"], cfg.batch_size, cfg.patch_size, s, gen, aug)
-        float(step(net, opt, scaler, amp, lr_p, hr_p))  # sync, as the loss is read every step here
+        float(step(fwd, opt, scaler, amp, lr_p, hr_p))  # sync, as the loss is read every step here
 
+    for _ in range(20):  # compiling happens here, not in the measured time
+        one()
     n, secs = timed(one, seconds)
     return n * cfg.batch_size * cfg.patch_size**2 / secs
 
@@ -113,9 +116,11 @@ def main() -> None:
           f"srctl batch {params.train.batch_size} x {params.train.patch_size}^2, autocast {amp}")
     example = example_loop(args.seconds, args.workers)
     print(f"example loop (batch 4 x 85^2, DataLoader {args.workers} workers, NCHW fp32): {example / 1e6:.2f} M LR px/s")
-    rows = [("srctl --fp32 (channels_last)", None)] + ([(f"srctl (channels_last, {amp} autocast: the default)", amp)] if amp else [])
-    for name, dtype in rows:
-        ours = srctl_loop(params, dtype, args.seconds)
+    rows = [(f"srctl (channels_last, {amp or 'fp32'}, torch.compile: the default)", amp, True),
+            (f"srctl without torch.compile (channels_last, {amp or 'fp32'})", amp, False),
+            ("srctl without torch.compile, fp32 (channels_last)", None, False)]
+    for name, dtype, compile in rows[: 3 if amp else 2]:
+        ours = srctl_loop(params, dtype, compile, args.seconds)
         print(f"{name}: {ours / 1e6:.2f} M LR px/s, {ours / example:.1f}x the example (target >= 4x)")
 
 

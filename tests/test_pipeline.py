@@ -19,7 +19,7 @@ from conftest import BSDS300, DATASETS, ROOT
 
 TINY = {
     "prepare": {"max_train_images": 4, "max_test_images": 2},
-    "train": {"epochs": 1, "steps_per_epoch": 20, "batch_size": 16},
+    "train": {"epochs": 1, "steps_per_epoch": 20, "batch_size": 16, "compile": "off"},
     "evaluate": {"max_images": 3, "samples": 3},
     "benchmark": {"sets": {"Set5": str(DATASETS / "Set5"), "Set14": "../no-such-set"}},
 }

@@ -82,7 +82,7 @@ def test_patch_larger_than_images_is_refused(prepared_dir, tmp_path, mlflow_stor
 
 # --- interruption and resume, with real signals to a real `python -m srctl.train` ----------------------
 
-RESUMABLE = {"epochs": 4, "steps_per_epoch": 300, "batch_size": 16}
+RESUMABLE = {"epochs": 4, "steps_per_epoch": 300, "batch_size": 16, "patch_size": 17, "compile": "off"}
 
 
 def _project(root, prepared_dir):
@@ -161,17 +161,18 @@ def test_a_checkpoint_of_other_params_or_damaged_is_not_resumed(prepared_dir, tm
     assert not ckpt.exists()
 
 
-@pytest.mark.parametrize("scale, arch", [(2, "paper"), (4, "seed")])
-def test_other_scales_and_the_paper_network_train(raw_dir, tmp_path, mlflow_store, scale, arch):
+@pytest.mark.parametrize("scale, arch, compile", [(2, "paper", "off"), (4, "seed", "auto")])
+def test_other_scales_and_the_paper_network_train(raw_dir, tmp_path, mlflow_store, scale, arch, compile):
     import dataclasses
 
     from srctl import params as P
     from srctl.prepare import prepare
 
     prepare(raw_dir, tmp_path / "prepared", scale, P.Prepare())
-    params = dataclasses.replace(tiny_params(arch=arch), scale=scale)
+    params = dataclasses.replace(tiny_params(arch=arch, compile=compile), scale=scale)
     summary, out = _run(params, tmp_path / "prepared", tmp_path, "run")
     net = M.load(out / "model")
     assert (net.scale, net.activation) == (scale, "tanh" if arch == "paper" else "relu")
     assert net(torch.rand(1, 1, 6, 6)).shape == (1, 1, 6 * scale, 6 * scale)
     assert 10 < summary["final_test_psnr"] < 50
+    assert summary["compiled"] is (compile == "auto")  # CI's machines have a C++ compiler for Inductor
