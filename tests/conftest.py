@@ -60,7 +60,7 @@ def prepared_dir(raw_dir, tmp_path_factory) -> Path:
 def tiny_params(**train) -> P.Params:
     """Default params with a training run of a few seconds (eager: compiling alone takes ~20 s)."""
     base = P.load(ROOT / "params.yaml")
-    t = dataclasses.replace(base.train, **{"epochs": 2, "steps_per_epoch": 5, "batch_size": 8, "compile": "off", **train})
+    t = dataclasses.replace(base.train, **{"epochs": 2, "steps_per_epoch": 5, "batch_size": 8, "compile": "never", **train})
     return dataclasses.replace(base, train=t)
 
 

@@ -19,7 +19,7 @@ from conftest import BSDS300, DATASETS, ROOT
 
 TINY = {
     "prepare": {"max_train_images": 4, "max_test_images": 2},
-    "train": {"epochs": 1, "steps_per_epoch": 20, "batch_size": 16, "compile": "off"},
+    "train": {"epochs": 1, "steps_per_epoch": 20, "batch_size": 16, "patch_size": 17, "lr": 0.001, "compile": "never"},
     "evaluate": {"max_images": 3, "samples": 3},
     "benchmark": {"sets": {"Set5": str(DATASETS / "Set5"), "Set14": "../no-such-set"}},
 }

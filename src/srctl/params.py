@@ -37,7 +37,7 @@ class Train:
     lr: float = 2e-3
     lr_final: float = 1e-5  # cosine decay from lr to lr_final over all steps
     precision: str = "auto"  # auto: bf16/fp16 autocast where the hardware has it; fp32: never
-    compile: str = "auto"  # auto: torch.compile the network where a C++ compiler is found; off: eager
+    compile: str = "auto"  # auto: torch.compile the network where a C++ compiler is found; never: eager (YAML reads a bare off as false)
     resume: bool = True  # continue from models/checkpoint.pt when one of the same params and data exists
 
 
@@ -134,8 +134,8 @@ def load(path: Path | None = None) -> Params:
     params = _build(Params, values, "params")
     if params.train.arch not in ("seed", "paper"):
         raise SrctlError(f"params.yaml: train.arch must be seed or paper, got {params.train.arch!r}")
-    if params.train.compile not in ("auto", "off"):
-        raise SrctlError(f"params.yaml: train.compile must be auto or off, got {params.train.compile!r}")
+    if params.train.compile not in ("auto", "never"):
+        raise SrctlError(f"params.yaml: train.compile must be auto or never, got {params.train.compile!r}")
     if params.train.precision not in ("auto", "fp32"):
         raise SrctlError(f"params.yaml: train.precision must be auto or fp32, got {params.train.precision!r}")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in params.benchmark.sets.items()):
