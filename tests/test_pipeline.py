@@ -136,6 +136,24 @@ def test_dvc_exp_run_is_its_own_mlflow_run_in_the_repo_store(repo):
     assert changed["Set5.psnr"]["new"] == pytest.approx(exp_runs[0].data.metrics["Set5/psnr"])
 
 
+def test_dvc_exp_run_temp_trains_its_own_params_in_its_copy_into_the_repo_store(repo):
+    """`--temp` (as `--queue` does) runs in .dvc/tmp/exps/...: its params and outputs are the copy's,
+    the workspace is left alone, and the run lands in the repo's mlflow.db."""
+    repo, env = repo
+    import mlflow
+
+    before = (repo / "models" / "mlflow_run.json").read_text()
+    res = subprocess.run(["dvc", "exp", "run", "--temp", "-n", "tmp-steps", "-S", "train.steps_per_epoch=7"], cwd=repo,
+                         env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (repo / "models" / "mlflow_run.json").read_text() == before
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    (run,) = client.search_runs(client.get_experiment_by_name("srctl").experiment_id,
+                                filter_string="tags.dvc_exp_name = 'tmp-steps'")
+    assert run.data.params["train.steps_per_epoch"] == "7" and run.data.metrics["steps"] == 7
+    assert "Set5/psnr" in run.data.metrics and run.info.artifact_uri.startswith((repo / "mlartifacts").as_uri())
+
+
 def test_fresh_clone_of_a_committed_result_trains_evaluates_and_registers_again(repo, tmp_path):
     """A clone has the committed dvc.lock and metrics but no data, models or MLflow store: every
     stage must run again, the MLflow side included (not only what DVC caches)."""

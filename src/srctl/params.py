@@ -91,17 +91,23 @@ class Params:
 
 
 def project_root() -> Path:
-    """The repo root: DVC_ROOT when DVC runs a stage, else the nearest folder above cwd with dvc.yaml.
-
-    `dvc exp run --temp/--queue` runs stages in <root>/.dvc/tmp/exps/...; the store must stay in <root>.
-    """
-    start = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
-    if ".dvc" in start.parts:
-        start = Path(*start.parts[: start.parts.index(".dvc")])
+    """The project a stage or command works in (its params.yaml, data/, models/): the nearest folder at or
+    above the cwd with a dvc.yaml. DVC runs stages there; `dvc exp run --temp/--queue` in a copy of the
+    repo under <repo>/.dvc/tmp/exps/, which is then the project."""
+    start = Path.cwd().resolve()
     for folder in (start, *start.parents):
         if (folder / "dvc.yaml").is_file():
             return folder
     return start
+
+
+def store_root() -> Path:
+    """Where the embedded MLflow store lives: the repo, even for an experiment's temporary copy (DVC_ROOT
+    names the original repo there), so that every experiment's run lands in one store and outlives the copy."""
+    root = Path(os.environ["DVC_ROOT"]).resolve() if os.environ.get("DVC_ROOT") else project_root()
+    if ".dvc" in root.parts[:-1]:
+        return Path(*root.parts[: root.parts.index(".dvc")])
+    return root
 
 
 def _build(cls, values: dict, where: str):

@@ -1,7 +1,8 @@
 """The one place that talks to MLflow: tracking runs, logging models, the Model Registry.
 
 Default store: `sqlite:///<repo>/mlflow.db` with artifacts in `<repo>/mlartifacts`, found from the repo
-root (DVC_ROOT under DVC), not from the cwd. `MLFLOW_TRACKING_URI` points everything at a team server.
+root (DVC_ROOT under DVC; the original repo for `dvc exp run --temp/--queue` copies), not from the cwd.
+`MLFLOW_TRACKING_URI` points everything at a team server.
 
 Also stage `register`: registers the trained model and moves the alias to it when it scores better.
 """
@@ -27,7 +28,7 @@ RUN_FILE = "models/mlflow_run.json"  # written by train: which MLflow run made m
 
 
 def _embedded_uri() -> str:
-    return f"sqlite:///{P.project_root()}/mlflow.db"
+    return f"sqlite:///{P.store_root()}/mlflow.db"
 
 
 def tracking_uri() -> str:
@@ -50,7 +51,7 @@ def _experiment_id(mlflow) -> str:
         return found.experiment_id
     # Embedded store: keep artifacts beside mlflow.db rather than under whatever the cwd is.
     embedded = mlflow.get_tracking_uri() == _embedded_uri()
-    location = (P.project_root() / "mlartifacts").as_uri() if embedded else None
+    location = (P.store_root() / "mlartifacts").as_uri() if embedded else None
     return mlflow.create_experiment(name, artifact_location=location)
 
 
