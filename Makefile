@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: install repro test ui clean
+.PHONY: install repro full scales test ui clean
 
 # The stamp is rebuilt when pyproject.toml changes, so `make` after a pull installs what it needs.
 $(VENV)/.installed: pyproject.toml
@@ -18,6 +18,16 @@ install: $(VENV)/.installed
 
 repro: install
 	dvc repro
+
+# The full-quality profile (x3, 5x the default's steps) and the other scales, as DVC experiments:
+# each is its own MLflow run, scored on Set5/Set14/BSD100, registered as espcn-x<scale>; --temp runs
+# them in a copy under .dvc/tmp/exps, leaving the workspace as it is (`dvc exp apply` brings one in).
+full: install
+	dvc exp run --temp -S train.epochs=150
+
+scales: install
+	dvc exp run --temp -S scale=2
+	dvc exp run --temp -S scale=4
 
 test: install
 	python -m pytest

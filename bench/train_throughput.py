@@ -8,7 +8,7 @@ LR pixels per second through forward + backward + Adam step, for the same networ
     torchvision's resize), NCHW fp32, as pytorch/examples does it.
 Prints each figure and the ratio to the example.
 
-Usage (from the repo root, after `make repro`): python bench/train_throughput.py [--seconds 20]
+Usage (from the repo root, after `make repro`): python bench/train_throughput.py [--seconds 20] [--device cuda]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torchvision import transforms as T
 
 from srctl import model as M
 from srctl import params as P
-from srctl.infer import autocast_dtype
+from srctl.infer import autocast_dtype, pick_device
 from srctl.prepare import load_split
 from srctl.train import compiled, sample_patches, step
 
@@ -46,14 +46,14 @@ def timed(run_step, seconds: float) -> tuple[int, float]:
     return n, time.perf_counter() - start
 
 
-def srctl_loop(params: P.Params, amp: torch.dtype | None, compile: bool, seconds: float) -> float:
+def srctl_loop(params: P.Params, device: torch.device, amp: torch.dtype | None, compile: bool, seconds: float) -> float:
     cfg, s = params.train, 3
-    data, _ = load_split(ROOT / "data" / "prepared", "train")
-    net = M.ESPCN.named(cfg.arch, s).to(memory_format=torch.channels_last)
+    data, _ = load_split(ROOT / "data" / "prepared", "train", device)
+    net = M.ESPCN.named(cfg.arch, s).to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     fwd = compiled(net) if compile else net
-    gen, aug = torch.Generator().manual_seed(0), random.Random(0)
+    gen, aug = torch.Generator(device).manual_seed(0), random.Random(0)
 
     def one():
         lr_p, hr_p = sample_patches(data["lr"], data["hr"], cfg.batch_size, cfg.patch_size, s, gen, aug)
@@ -81,10 +81,10 @@ class CentreCrops(Dataset):
         return self.lr(y), self.hr(y)
 
 
-def example_loop(seconds: float, workers: int) -> float:
+def example_loop(device: torch.device, seconds: float, workers: int) -> float:
     paths = sorted((BSDS / "images" / "train").glob("*.jpg"))
     loader = DataLoader(CentreCrops(paths), batch_size=4, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
-    net = M.ESPCN(3)
+    net = M.ESPCN(3).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     batches = iter(())
 
@@ -95,11 +95,12 @@ def example_loop(seconds: float, workers: int) -> float:
         except StopIteration:
             batches = iter(loader)
             lr, hr = next(batches)
+        lr, hr = lr.to(device), hr.to(device)
         opt.zero_grad()
         loss = F.mse_loss(net(lr), hr)
         loss.backward()
         opt.step()
-        float(loss)
+        float(loss.detach())
 
     n, secs = timed(one, seconds)
     return n * 4 * 85 * 85 / secs
@@ -109,18 +110,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=20.0, help="measuring time per loop")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="example's DataLoader workers (its default: 4)")
+    ap.add_argument("--device", default=None, help="cpu, cuda, ... [default: what training picks]")
     args = ap.parse_args()
     params = P.load(ROOT / "params.yaml")
-    amp = autocast_dtype(torch.device("cpu"))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+    device = torch.device(args.device) if args.device else pick_device()
+    amp = autocast_dtype(device)
+    print(f"torch {torch.__version__} on {device}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
           f"srctl batch {params.train.batch_size} x {params.train.patch_size}^2, autocast {amp}")
-    example = example_loop(args.seconds, args.workers)
+    example = example_loop(device, args.seconds, args.workers)
     print(f"example loop (batch 4 x 85^2, DataLoader {args.workers} workers, NCHW fp32): {example / 1e6:.2f} M LR px/s")
     rows = [(f"srctl (channels_last, {amp or 'fp32'}, torch.compile: the default)", amp, True),
             (f"srctl without torch.compile (channels_last, {amp or 'fp32'})", amp, False),
             ("srctl without torch.compile, fp32 (channels_last)", None, False)]
     for name, dtype, compile in rows[: 3 if amp else 2]:
-        ours = srctl_loop(params, dtype, compile, args.seconds)
+        ours = srctl_loop(params, device, dtype, compile, args.seconds)
         print(f"{name}: {ours / 1e6:.2f} M LR px/s, {ours / example:.1f}x the example (target >= 4x)")
 
 

@@ -154,6 +154,31 @@ def test_dvc_exp_run_temp_trains_its_own_params_in_its_copy_into_the_repo_store(
     assert "Set5/psnr" in run.data.metrics and run.info.artifact_uri.startswith((repo / "mlartifacts").as_uri())
 
 
+def test_a_queued_sweep_runs_in_parallel_each_experiment_its_own_mlflow_run(repo):
+    """`dvc exp run --queue -S train.lr=a,b` then `dvc queue start -j 2`, as the README says."""
+    repo, env = repo
+    import time
+
+    import mlflow
+
+    dvc = lambda *a: subprocess.run(["dvc", *a], cwd=repo, env=env, capture_output=True, text=True)  # noqa: E731
+    res = dvc("exp", "run", "--queue", "-S", "train.lr=0.0011,0.0013")
+    assert res.returncode == 0, res.stdout + res.stderr
+    names = [line.split("'")[1] for line in res.stdout.splitlines() if line.startswith("Queued experiment")]
+    assert len(names) == 2
+    assert dvc("queue", "start", "-j", "2").returncode == 0
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and any(s in dvc("queue", "status").stdout for s in ("Queued", "Running")):
+        time.sleep(2)
+    status = dvc("queue", "status").stdout
+    assert all(f"{n}" in status for n in names) and "Failed" not in status, status
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    runs = client.search_runs(client.get_experiment_by_name("srctl").experiment_id)
+    swept = {r.data.tags.get("dvc_exp_name"): r for r in runs if r.data.tags.get("dvc_exp_name") in names}
+    assert sorted(r.data.params["train.lr"] for r in swept.values()) == ["0.0011", "0.0013"]
+    assert all(r.info.status == "FINISHED" and "Set5/psnr" in r.data.metrics for r in swept.values())
+
+
 def test_fresh_clone_of_a_committed_result_trains_evaluates_and_registers_again(repo, tmp_path):
     """A clone has the committed dvc.lock and metrics but no data, models or MLflow store: every
     stage must run again, the MLflow side included (not only what DVC caches)."""
