@@ -35,7 +35,7 @@ def test_bad_params_are_one_line_errors(tmp_path, text, message):
         P.load(path)
 
 
-def test_project_root_and_store_root_in_an_experiments_temp_copy(tmp_path, monkeypatch):
+def test_project_root_and_repo_root_in_an_experiments_temp_copy(tmp_path, monkeypatch):
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     temp = tmp_path / ".dvc" / "tmp" / "exps" / "standalone" / "tmpabc"
     temp.mkdir(parents=True)
@@ -43,10 +43,10 @@ def test_project_root_and_store_root_in_an_experiments_temp_copy(tmp_path, monke
     monkeypatch.chdir(temp)  # where `dvc exp run --temp` runs the stages, DVC_ROOT naming the repo
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     assert P.project_root() == temp  # the copy's params, data, models
-    assert P.store_root() == tmp_path  # the repo's MLflow store
+    assert P.repo_root() == tmp_path  # the repo's MLflow store
     monkeypatch.delenv("DVC_ROOT")
-    assert P.store_root() == tmp_path
+    assert P.repo_root() == tmp_path
     sub = tmp_path / "src"
     sub.mkdir()
     monkeypatch.chdir(sub)
-    assert P.project_root() == P.store_root() == tmp_path
+    assert P.project_root() == P.repo_root() == tmp_path

@@ -20,7 +20,7 @@ IMAGES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".ppm"}
 
 
 def set_folders(params: P.Params, root: Path) -> dict[str, Path]:
-    """params.yaml's benchmark sets, relative paths taken from the project root."""
+    """params.yaml's benchmark sets, relative paths taken from `root` (the repo, see params.repo_root)."""
     return {name: root / folder for name, folder in params.benchmark.sets.items()}
 
 
@@ -60,7 +60,7 @@ def report(results: dict[str, dict | None], sets: dict[str, Path], scale: int, l
 def main() -> None:
     params, root = P.load(), P.project_root()
     net = M.load(root / "models" / "espcn", pick_device())
-    sets = set_folders(params, root)
+    sets = set_folders(params, P.repo_root())  # not the copy `dvc exp run --temp/--queue` works in
     results = benchmark(net, sets)
     write_json(root / "metrics" / "benchmark.json", {"scale": net.scale, **{k: v or {"images": 0} for k, v in results.items()}})
     registry.log_evaluation(registry.read_run(root)["run_id"], flat(results), {})

@@ -271,7 +271,7 @@ def benchmark(
         source = registry.run_of(uri)
         net = M.load(registry.fetch_model(uri), device or pick_device())
         try:
-            params, root = P.load(), P.project_root()
+            params, root = P.load(), P.repo_root()
         except SrctlError:  # outside a project checkout: the default set folders, from here
             params, root = P.Params(), Path.cwd()
         sets = B.set_folders(params, root)

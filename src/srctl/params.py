@@ -101,9 +101,10 @@ def project_root() -> Path:
     return start
 
 
-def store_root() -> Path:
-    """Where the embedded MLflow store lives: the repo, even for an experiment's temporary copy (DVC_ROOT
-    names the original repo there), so that every experiment's run lands in one store and outlives the copy."""
+def repo_root() -> Path:
+    """The user's checkout: the project root, or for an experiment's temporary copy the repo it was copied
+    from (DVC_ROOT names it there). The embedded MLflow store lives here, so every experiment's run lands
+    in one store and outlives the copy; params.yaml's paths outside the project are taken from here too."""
     root = Path(os.environ["DVC_ROOT"]).resolve() if os.environ.get("DVC_ROOT") else project_root()
     if ".dvc" in root.parts[:-1]:
         return Path(*root.parts[: root.parts.index(".dvc")])

@@ -28,7 +28,7 @@ RUN_FILE = "models/mlflow_run.json"  # written by train: which MLflow run made m
 
 
 def _embedded_uri() -> str:
-    return f"sqlite:///{P.store_root()}/mlflow.db"
+    return f"sqlite:///{P.repo_root()}/mlflow.db"
 
 
 def tracking_uri() -> str:
@@ -51,7 +51,7 @@ def _experiment_id(mlflow) -> str:
         return found.experiment_id
     # Embedded store: keep artifacts beside mlflow.db rather than under whatever the cwd is.
     embedded = mlflow.get_tracking_uri() == _embedded_uri()
-    location = (P.store_root() / "mlartifacts").as_uri() if embedded else None
+    location = (P.repo_root() / "mlartifacts").as_uri() if embedded else None
     return mlflow.create_experiment(name, artifact_location=location)
 
 
