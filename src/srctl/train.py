@@ -53,7 +53,8 @@ def sample_patches(lr, hr, batch: int, size: int, scale: int, gen: torch.Generat
 def compiled(net: torch.nn.Module) -> torch.nn.Module:
     """torch.compile'd where Inductor can build kernels (it needs a C++ compiler), else `net` itself.
 
-    Fused kernels: 1.26x faster steps on the 2-core CPU (bf16, 20 x 32x32 patches) after ~20 s of compiling."""
+    On the 2-core CPU: 1.07x the steps per second (bench/train_throughput.py) after ~20 s of compiling,
+    so it pays on long runs; on GPUs, where small steps are launch-bound, fusing is meant to pay more."""
     if not (shutil.which(os.environ.get("CXX", "g++")) or shutil.which("clang++")):
         print("train: no C++ compiler found, training without torch.compile")
         return net
