@@ -57,6 +57,14 @@ def prepared_dir(raw_dir, tmp_path_factory) -> Path:
     return out
 
 
+def srctl_cli(*args, cwd):
+    """The real `srctl` command line, in a child process."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "srctl.cli", *args], cwd=cwd, capture_output=True, text=True)
+
+
 def tiny_params(**train) -> P.Params:
     """Default params with a training run of a few seconds (eager: compiling alone takes ~20 s)."""
     base = P.load(ROOT / "params.yaml")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 
 import mlflow
 import pytest
@@ -13,7 +10,7 @@ from srctl import benchmark as B
 from srctl import model as M
 from srctl import registry
 
-from conftest import DATASETS
+from conftest import DATASETS, srctl_cli
 
 
 def test_bicubic_rows_reproduce_the_literature_and_absent_sets_are_reported(tmp_path):
@@ -30,15 +27,11 @@ def test_bicubic_rows_reproduce_the_literature_and_absent_sets_are_reported(tmp_
     assert B.flat(results)["Set14/images"] == 14 and not any(k.startswith("Nowhere") for k in B.flat(results))
 
 
-def _srctl(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "srctl.cli", *args], cwd=cwd, capture_output=True, text=True)
-
-
 def test_srctl_benchmark_scores_a_logged_model_into_its_run(logged_model_store, tmp_path):
     store, run_id = logged_model_store
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # a project whose params.yaml names the sets
     (tmp_path / "params.yaml").write_text(f"benchmark: {{sets: {{Set5: {DATASETS / 'Set5'}, Gone: gone}}}}\n")
-    res = _srctl("benchmark", "--run-id", run_id, cwd=tmp_path)
+    res = srctl_cli("benchmark", "--run-id", run_id, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0] == "| x3 | Set5 | Gone |" and lines[2].startswith("| bicubic | 30.40 / 0.86")
@@ -46,8 +39,8 @@ def test_srctl_benchmark_scores_a_logged_model_into_its_run(logged_model_store, 
     metrics = mlflow.MlflowClient(registry.tracking_uri()).get_run(run_id).data.metrics
     assert metrics["Set5/bicubic_psnr"] == pytest.approx(30.40, abs=0.01) and metrics["Set5/images"] == 5
 
-    res = _srctl("benchmark", "--model", "espcn-x3@nobody", cwd=tmp_path)
+    res = srctl_cli("benchmark", "--model", "espcn-x3@nobody", cwd=tmp_path)
     assert res.returncode == 1 and res.stderr.strip() == f"error: no model models:/espcn-x3@nobody in {registry.tracking_uri()}"
     registry.promote(run_id, "champion")
-    res = _srctl("benchmark", "--model", "espcn-x3@champion", "--no-log", cwd=tmp_path)
+    res = srctl_cli("benchmark", "--model", "espcn-x3@champion", "--no-log", cwd=tmp_path)
     assert res.returncode == 0 and f"(run {run_id[:8]})" in res.stdout

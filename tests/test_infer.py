@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from srctl import model as M
 from srctl.errors import SrctlError
 from srctl.infer import PyfuncModel, infer, open_image, output_paths, upscale_image
 
-from conftest import BSDS300, DATASETS
+from conftest import BSDS300, DATASETS, srctl_cli
 
 
 @pytest.fixture
@@ -78,19 +76,15 @@ def test_pyfunc_predict_takes_and_returns_base64(model_dir):
     assert isinstance(PyfuncModel(M.ESPCN(3)), PyfuncModel)
 
 
-def _srctl(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "srctl.cli", *args], cwd=cwd, capture_output=True, text=True)
-
-
 def test_cli_missing_file_is_one_line_error(tmp_path):
-    res = _srctl("infer", "--run-id", "x", "nope.jpg", cwd=tmp_path)
+    res = srctl_cli("infer", "--run-id", "x", "nope.jpg", cwd=tmp_path)
     assert res.returncode == 1
     assert res.stderr.strip() == "error: nope.jpg: no such file"
 
 
 def test_cli_unknown_run_is_one_line_error(tmp_path, photo, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    res = _srctl("infer", "--run-id", "0123456789abcdef", str(photo), cwd=tmp_path)
+    res = srctl_cli("infer", "--run-id", "0123456789abcdef", str(photo), cwd=tmp_path)
     assert res.returncode == 1
     assert res.stderr.startswith("error: cannot load model runs:/0123456789abcdef/model")
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
@@ -193,7 +187,7 @@ def test_cli_batch_of_good_odd_and_bad_files(tmp_path, logged_model_store):
     bad = _bad_images(inputs)
     before = {p: p.read_bytes() for p in inputs.iterdir() if p.is_file()}
     out = tmp_path / "out"
-    res = _srctl("infer", "--run-id", run_id, *(str(inputs / n) for n in [*odd, *bad]), "-o", str(out), cwd=store)
+    res = srctl_cli("infer", "--run-id", run_id, *(str(inputs / n) for n in [*odd, *bad]), "-o", str(out), cwd=store)
     assert res.returncode == 1
     errors = res.stderr.strip().splitlines()
     assert len(errors) == len(bad) + 1 and errors[-1] == f"error: {len(bad)} of {len(odd) + len(bad)} images failed"
