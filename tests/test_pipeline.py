@@ -168,11 +168,14 @@ def test_a_queued_sweep_runs_in_parallel_each_experiment_its_own_mlflow_run(repo
     assert res.returncode == 0, res.stdout + res.stderr
     names = [line.split("'")[1] for line in res.stdout.splitlines() if line.startswith("Queued experiment")]
     assert len(names) == 2
-    assert dvc("queue", "start", "-j", "2").returncode == 0
+    # the workers outlive `dvc queue start`: they must not hold our pipes open (the call would never return)
+    assert subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode == 0
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and any(s in dvc("queue", "status").stdout for s in ("Queued", "Running")):
         time.sleep(2)
     status = dvc("queue", "status").stdout
+    dvc("queue", "stop")
     assert all(f"{n}" in status for n in names) and "Failed" not in status, status
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
     runs = client.search_runs(client.get_experiment_by_name("srctl").experiment_id)
