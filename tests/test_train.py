@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +29,13 @@ def test_patches_are_aligned_with_their_hr_blocks(prepared_dir):
     # each LR pixel is (nearly) the mean of its 3x3 HR block; a one-pixel shift would break that
     assert (F.avg_pool2d(b, 3) - a).abs().mean() < 0.02
     assert (F.avg_pool2d(b, 3)[..., 1:] - a[..., :-1]).abs().mean() > 2 * (F.avg_pool2d(b, 3) - a).abs().mean()
+
+
+def test_every_ddp_rank_draws_its_own_patches(prepared_dir):
+    data, _ = load_split(prepared_dir, "train")
+    draw = lambda rank: T.sample_patches(data["lr"], data["hr"], 8, 17, 3, *T.rank_streams(0, rank, torch.device("cpu")))[0]  # noqa: E731
+    assert not torch.equal(draw(0), draw(1))
+    assert torch.equal(draw(1), draw(1))  # each rank's stream is reproducible
 
 
 def _run(params, prepared_dir, tmp_path, name):
@@ -186,3 +194,28 @@ def test_the_default_compiled_training(prepared_dir, tmp_path):
     summary = json.loads((root / "metrics" / "train.json").read_text())
     assert summary["compiled"] is True  # CI's machines have the C++ compiler Inductor needs
     assert M.load(root / "models" / "espcn")(torch.rand(1, 1, 5, 5)).shape == (1, 1, 15, 15)
+
+
+@pytest.mark.parametrize("how", ["train.processes", "torchrun"])
+def test_ddp_training_with_two_cpu_processes(prepared_dir, tmp_path, how):
+    """DDP on CPU (gloo) as the README says: `train.processes: 2` in params.yaml (what the DVC stage runs),
+    or `torchrun --nproc_per_node=2 -m srctl.train`. One MLflow run, one model, and the loss falls."""
+    import mlflow
+
+    processes = 2 if how == "train.processes" else 1  # under torchrun, torchrun decides
+    root, env = _project(tmp_path / "p", prepared_dir, epochs=3, steps_per_epoch=40, batch_size=16, processes=processes)
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2"]
+    cmd = [*torchrun, "-m", "srctl.train"] if how == "torchrun" else [sys.executable, "-m", "srctl.train"]
+    res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = json.loads((root / "metrics" / "train.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 120
+    losses = [float(r.split(",")[1]) for r in (root / "metrics" / "train_log.csv").read_text().splitlines()[1:]]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert res.stdout.count("epoch 3/3") == 1  # rank 0 alone reports
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs(client.get_experiment_by_name("srctl").experiment_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["processes"] == 2
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
+    assert M.load(root / "models" / "espcn")(torch.rand(1, 1, 5, 5)).shape == (1, 1, 15, 15)
+    assert not (root / "models" / T.CHECKPOINT).exists()

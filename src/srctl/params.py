@@ -39,6 +39,7 @@ class Train:
     precision: str = "auto"  # auto: bf16/fp16 autocast where the hardware has it; fp32: never
     compile: str = "auto"  # auto: torch.compile the network where a C++ compiler is found; never: eager (YAML reads a bare off as false)
     resume: bool = True  # continue from models/checkpoint.pt when one of the same params and data exists
+    processes: int = 1  # > 1: the stage runs itself under torchrun as DDP (one process per GPU, or CPU processes)
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,9 @@ def load(path: Path | None = None) -> Params:
         raise SrctlError(f"params.yaml: train.precision must be auto or fp32, got {params.train.precision!r}")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in params.benchmark.sets.items()):
         raise SrctlError("params.yaml: benchmark.sets must map set names to folders")
+    if params.train.processes < 1 or params.train.batch_size % params.train.processes:
+        raise SrctlError(f"params.yaml: train.processes must be >= 1 and divide train.batch_size "
+                         f"({params.train.batch_size}), got {params.train.processes}")
     if params.scale not in (2, 3, 4):
         raise SrctlError(f"params.yaml: scale must be 2, 3 or 4, got {params.scale}")
     return params
