@@ -91,6 +91,18 @@ def test_cli_unknown_run_is_one_line_error(tmp_path, photo, monkeypatch):
     assert not (tmp_path / "photo_x3.png").exists()
 
 
+def test_cli_model_dir_needs_no_mlflow(tmp_path, photo, model_dir):
+    """`--model-dir` (the pipeline's models/espcn after `dvc pull`, say): no store is opened or made."""
+    res = srctl_cli("infer", "--model-dir", str(model_dir), str(photo), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert Image.open(tmp_path / "photo_x3.png").size == tuple(3 * n for n in Image.open(photo).size)
+    assert not (tmp_path / "mlflow.db").exists()
+    for args, message in [(["--model-dir", str(tmp_path)], f"error: {tmp_path}: not a model folder (no config.json)"),
+                          (["--model-dir", str(model_dir), "--run-id", "x"], "error: give one of --run-id, --model and --model-dir")]:
+        res = srctl_cli("infer", *args, str(photo), "--force", cwd=tmp_path)
+        assert res.returncode == 1 and res.stderr.strip() == message
+
+
 # --- odd and bad inputs ----------------------------------------------------------------------------
 
 def _bomb_png(path):

@@ -59,13 +59,28 @@ HALF = typer.Option(False, "--half", help="fp16 autocast (GPUs).")
 BF16 = typer.Option(False, "--bf16", help="bf16 autocast. The default where the hardware has it (GPUs, CPUs with AVX512-BF16/AMX).")
 FP32 = typer.Option(False, "--fp32", help="Full fp32: slower, differs from bf16 by at most a few levels out of 255.")
 QUIET = typer.Option(False, "-q", "--quiet", help="No progress bar.")
+MODEL_DIR = typer.Option(None, "--model-dir", help="A model folder, e.g. the pipeline's models/espcn (after `dvc pull`): no MLflow needed.")
 
 
-def _model_dir(run_id: Optional[str], model: Optional[str]) -> Path:
+def _model_dir(run_id: Optional[str], model: Optional[str], model_dir: Optional[Path] = None) -> Path:
     from srctl import registry
 
+    if model_dir:
+        if run_id or model:
+            raise SrctlError("give one of --run-id, --model and --model-dir")
+        if not (model_dir / "config.json").is_file():
+            raise SrctlError(f"{model_dir}: not a model folder (no config.json)")
+        return model_dir
     _quiet_mlflow()
-    return registry.fetch_model(registry.model_uri(run_id, None if run_id else (model or _default_model())))
+    try:
+        return registry.fetch_model(registry.model_uri(run_id, None if run_id else (model or _default_model())))
+    except SrctlError as exc:  # no MLflow store here (a fresh clone after `dvc pull`, say): point at the pipeline's model
+        from srctl import params as P
+
+        pipeline_model = P.project_root() / "models" / "espcn"
+        if run_id or model or not (pipeline_model / "config.json").is_file():
+            raise
+        raise SrctlError(f"{exc}; the pipeline's own model is here: --model-dir {os.path.relpath(pipeline_model)}") from exc
 
 
 @app.command()
@@ -73,6 +88,7 @@ def infer(
     images: List[str] = typer.Argument(..., help="Image files, folders of images, or glob patterns."),
     run_id: Optional[str] = RUN_ID,
     model: Optional[str] = MODEL,
+    model_dir: Optional[Path] = MODEL_DIR,
     output: Optional[Path] = typer.Option(
         None, "-o", "--output", help="Output file (one input; its extension picks the format) or folder (several) [default: <stem>_x<scale>.png beside each input]."
     ),
@@ -102,7 +118,7 @@ def infer(
                 typer.echo(f"error: {exc}", err=True)
             raise problems[-1]
         amp = _precision(half, bf16, fp32, device)
-        failed = I.infer(paths, _model_dir(run_id, model), output, force, device, amp, tile,
+        failed = I.infer(paths, _model_dir(run_id, model, model_dir), output, force, device, amp, tile,
                          progress=not quiet and sys.stderr.isatty())
     except SrctlError as exc:
         raise _fail(exc)
@@ -117,6 +133,7 @@ def video(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output video [default: <stem>_x<scale>.mp4 beside the input]."),
     run_id: Optional[str] = RUN_ID,
     model: Optional[str] = MODEL,
+    model_dir: Optional[Path] = MODEL_DIR,
     codec: str = typer.Option("libx264", "--codec", help="FFmpeg encoder: libx264 (H.264), libx265, png, ffv1, ..."),
     crf: int = typer.Option(18, "--crf", help="x264/x265 quality: lower is better."),
     preset: str = typer.Option("veryfast", "--preset", help="x264/x265 speed preset."),
@@ -140,7 +157,7 @@ def video(
     try:
         I.check_path(src)
         amp = _precision(half, bf16, fp32, device)
-        net = M.load(_model_dir(run_id, model), torch.device(device) if device else I.pick_device())
+        net = M.load(_model_dir(run_id, model, model_dir), torch.device(device) if device else I.pick_device())
         dst = output or src.with_name(f"{src.stem}_x{net.scale}.mp4")
         I.output_paths([src], dst, net.scale, force)  # the same refusals as infer: never the input, no clobbering
         stats = upscale_video(src, dst, net, codec, crf, preset, batch, amp, progress=not quiet and sys.stderr.isatty())
@@ -228,6 +245,7 @@ def export(
     fmt: str = typer.Option("onnx", "--format", help="onnx (the only one for now)."),
     run_id: Optional[str] = RUN_ID,
     model: Optional[str] = MODEL,
+    model_dir: Optional[Path] = MODEL_DIR,
     check_image: Optional[Path] = typer.Option(None, "--check-image", help="Real image to compare onnxruntime with PyTorch on [default: the first BSDS300 test image in data/raw]."),
 ) -> None:
     """Export the network (Y in, upscaled Y out) to ONNX and check it against PyTorch with onnxruntime."""
@@ -237,7 +255,7 @@ def export(
     try:
         if fmt != "onnx":
             raise SrctlError(f"--format {fmt}: only onnx is supported")
-        net = M.load(_model_dir(run_id, model))
+        net = M.load(_model_dir(run_id, model, model_dir))
         if check_image is None:
             from srctl import params as P
 
@@ -255,8 +273,9 @@ def export(
 def benchmark(
     run_id: Optional[str] = RUN_ID,
     model: Optional[str] = MODEL,
+    model_dir: Optional[Path] = MODEL_DIR,
     device: Optional[str] = DEVICE,
-    log: bool = typer.Option(True, "--log/--no-log", help="Log the numbers into the model's MLflow run."),
+    log: bool = typer.Option(True, "--log/--no-log", help="Log the numbers into the model's MLflow run (not with --model-dir)."),
 ) -> None:
     """PSNR / SSIM of a logged model and of bicubic on Set5, Set14, BSD100 (folders from params.yaml)."""
     from srctl import benchmark as B
@@ -267,20 +286,24 @@ def benchmark(
 
     _quiet_mlflow()
     try:
-        uri = registry.model_uri(run_id, None if run_id else (model or _default_model()))
-        source = registry.run_of(uri)
-        net = M.load(registry.fetch_model(uri), device or pick_device())
+        if model_dir:
+            source = None
+            net = M.load(_model_dir(run_id, model, model_dir), device or pick_device())
+        else:
+            uri = registry.model_uri(run_id, None if run_id else (model or _default_model()))
+            source = registry.run_of(uri)
+            net = M.load(registry.fetch_model(uri), device or pick_device())
         try:
             params, root = P.load(), P.repo_root()
         except SrctlError:  # outside a project checkout: the default set folders, from here
             params, root = P.Params(), Path.cwd()
         sets = B.set_folders(params, root)
         results = B.benchmark(net, sets)
-        if log:
+        if log and source:
             registry.log_evaluation(source, B.flat(results), {})
     except SrctlError as exc:
         raise _fail(exc)
-    typer.echo(B.report(results, sets, net.scale, f"ESPCN (run {source[:8]})"))
+    typer.echo(B.report(results, sets, net.scale, f"ESPCN (run {source[:8]})" if source else f"ESPCN ({model_dir})"))
 
 
 @app.command()
@@ -289,6 +312,7 @@ def compare(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="[default: <stem>_compare.png beside it]"),
     run_id: Optional[str] = RUN_ID,
     model: Optional[str] = MODEL,
+    model_dir: Optional[Path] = MODEL_DIR,
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
 ) -> None:
     """Write a picture: bicubic | SR side by side, and a zoomed-in crop of each below."""
@@ -300,7 +324,7 @@ def compare(
         img = I.open_image(image)
         dst = output or image.with_name(f"{image.stem}_compare.png")
         I.output_paths([image], dst, 1, force)  # the same refusals as infer: never the input, no clobbering
-        sheet = compare_picture(M.load(_model_dir(run_id, model)), img)
+        sheet = compare_picture(M.load(_model_dir(run_id, model, model_dir)), img)
         I.save_image(sheet, dst)
     except SrctlError as exc:
         raise _fail(exc)
