@@ -5,9 +5,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
+import yaml
 
 from srctl import params as P
 
@@ -59,10 +65,36 @@ def prepared_dir(raw_dir, tmp_path_factory) -> Path:
 
 def srctl_cli(*args, cwd):
     """The real `srctl` command line, in a child process."""
-    import subprocess
-    import sys
-
     return subprocess.run([sys.executable, "-m", "srctl.cli", *args], cwd=cwd, capture_output=True, text=True)
+
+
+TINY = {
+    "prepare": {"max_train_images": 4, "max_test_images": 2},
+    "train": {"epochs": 1, "steps_per_epoch": 20, "batch_size": 16, "patch_size": 17, "lr": 0.001, "compile": "never"},
+    "evaluate": {"max_images": 3, "samples": 3},
+}
+
+
+def tiny_project(dst: Path) -> None:
+    """The project's files as git sees them (tracked or not ignored), with TINY params, in a fresh git repo."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dst / name)
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    for group, values in TINY.items():
+        params[group].update(values)
+    # relative to the repo, as in params.yaml (and `dvc exp run --temp` works in a copy elsewhere)
+    params["benchmark"]["sets"] = {"Set5": os.path.relpath(DATASETS / "Set5", dst), "Set14": "../no-such-set"}
+    (dst / "params.yaml").write_text(yaml.safe_dump(params))
+    git = lambda *a: subprocess.run(["git", *a], cwd=dst, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny")
 
 
 def tiny_params(**train) -> P.Params:
@@ -89,3 +121,33 @@ def logged_model_store(tmp_path_factory):
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"  # for the subprocesses of this module
     yield root, run.info.run_id
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(cmd: list[str], probe: str, env: dict, cwd: Path) -> subprocess.Popen:
+    """A real HTTP server process, once `probe` (a URL) answers 200; its output is in the failure message."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(probe, timeout=2).status_code == 200:
+                return proc
+        except requests.ConnectionError:
+            time.sleep(0.5)
+        if proc.poll() is not None:
+            pytest.fail(f"{cmd[2:4]} exited: " + proc.stdout.read())
+    proc.kill()
+    pytest.fail(f"{cmd[2:4]} did not start: " + proc.stdout.read())
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -12,44 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
-from conftest import BSDS300, DATASETS, ROOT
-
-TINY = {
-    "prepare": {"max_train_images": 4, "max_test_images": 2},
-    "train": {"epochs": 1, "steps_per_epoch": 20, "batch_size": 16, "patch_size": 17, "lr": 0.001, "compile": "never"},
-    "evaluate": {"max_images": 3, "samples": 3},
-}
-
-
-def _copy_project(dst: Path) -> None:
-    """The project's files as git sees them (tracked or not ignored), in a fresh git repo."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split("\0")
-    for name in filter(None, files):
-        if (ROOT / name).is_file():
-            (dst / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dst / name)
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    for group, values in TINY.items():
-        params[group].update(values)
-    # relative to the repo, as in params.yaml (and `dvc exp run --temp` works in a copy elsewhere)
-    params["benchmark"]["sets"] = {"Set5": os.path.relpath(DATASETS / "Set5", dst), "Set14": "../no-such-set"}
-    (dst / "params.yaml").write_text(yaml.safe_dump(params))
-    git = lambda *a: subprocess.run(["git", *a], cwd=dst, check=True, capture_output=True)  # noqa: E731
-    git("init", "-q")
-    git("add", "-A")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny")
-
+from conftest import BSDS300, tiny_project
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     repo = tmp_path_factory.mktemp("clone")
-    _copy_project(repo)
+    tiny_project(repo)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "DVC_"))}
     env.update(SRCTL_DATA_MIRROR=str(BSDS300), PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
     res = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)

@@ -5,10 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import os
-import socket
-import subprocess
 import sys
-import time
 
 import pytest
 import requests
@@ -17,13 +14,7 @@ from PIL import Image
 from srctl import model as M
 from srctl import registry
 
-from conftest import DATASETS, tiny_params
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import DATASETS, free_port, start_server, stop_server, tiny_params
 
 
 @pytest.fixture(scope="module")
@@ -45,24 +36,12 @@ def server(tmp_path_factory):
         os.chdir(cwd)
         os.environ.clear()
         os.environ.update(old)
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "srctl.cli", "serve", "--model", "espcn-x3@champion", "--port", str(port)],
-                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.5)
-        assert proc.poll() is None, proc.stdout.read()
-    else:
-        proc.kill()
-        pytest.fail("server did not start: " + proc.stdout.read())
+    proc = start_server([sys.executable, "-m", "srctl.cli", "serve", "--model", "espcn-x3@champion", "--port", str(port)],
+                        f"{url}/ping", env, root)
     yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop_server(proc)
 
 
 def _post(url, *payloads: bytes):
