@@ -219,3 +219,32 @@ def test_ddp_training_with_two_cpu_processes(prepared_dir, tmp_path, how):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
     assert M.load(root / "models" / "espcn")(torch.rand(1, 1, 5, 5)).shape == (1, 1, 15, 15)
     assert not (root / "models" / T.CHECKPOINT).exists()
+
+
+def test_an_interrupted_ddp_run_resumes_to_the_same_result(prepared_dir, tmp_path):
+    """SIGTERM to the stage running 2 DDP ranks: torchrun stops both, the run is KILLED, the checkpoint
+    (with both ranks' random streams) stays; the next run resumes to the uninterrupted run's weights."""
+    import mlflow
+
+    ref, env = _project(tmp_path / "ref", prepared_dir, processes=2)
+    assert _train_cmd(ref, env).returncode == 0
+    root, env = _project(tmp_path / "p", prepared_dir, processes=2)
+    proc = subprocess.Popen([sys.executable, "-m", "srctl.train"], cwd=root, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    checkpoint = root / "models" / T.CHECKPOINT
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and checkpoint.exists(), out + err
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs(client.get_experiment_by_name("srctl").experiment_id)
+    assert run.info.status == "KILLED"
+
+    res = _train_cmd(root, env)
+    assert res.returncode == 0, res.stderr
+    assert "train: resuming after epoch" in res.stdout
+    weights = Path("models") / "espcn" / M.WEIGHTS
+    assert (root / weights).read_bytes() == (ref / weights).read_bytes()
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"

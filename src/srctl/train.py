@@ -138,7 +138,8 @@ def train(params: P.Params, prepared_dir: Path, model_dir: Path, metrics_dir: Pa
     """Train, checkpointing every epoch to `run_file`'s folder; resume from a matching checkpoint.
 
     In a torch.distributed process group (see main), rank r trains its share of the batch on its own
-    random stream; rank 0 alone logs, checkpoints and writes the model. Returns the summary (on every rank)."""
+    random stream; rank 0 alone logs, checkpoints and writes the model, and returns the summary (the other
+    ranks return steps and seconds only)."""
     cfg, s = params.train, params.scale
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     if cfg.batch_size % world:
