@@ -115,6 +115,19 @@ def _train_cmd(root, env):
     return subprocess.run([sys.executable, "-m", "srctl.train"], cwd=root, env=env, capture_output=True, text=True)
 
 
+def _interrupt_after_epoch_1(root, env, sig) -> tuple[int, str, str]:
+    """Start the stage, send `sig` once epoch 1 is checkpointed (mid-epoch 2); its exit code and output."""
+    proc = subprocess.Popen([sys.executable, "-m", "srctl.train"], cwd=root, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    checkpoint = root / "models" / T.CHECKPOINT
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(prepared_dir, tmp_path_factory):
     root, env = _project(tmp_path_factory.mktemp("ref") / "p", prepared_dir)
@@ -128,15 +141,9 @@ def test_interrupted_training_resumes_to_the_same_result(prepared_dir, tmp_path,
     import mlflow
 
     root, env = _project(tmp_path / "p", prepared_dir)
-    proc = subprocess.Popen([sys.executable, "-m", "srctl.train"], cwd=root, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     checkpoint = root / "models" / T.CHECKPOINT
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(sig)  # mid-epoch 2: epoch 1 is checkpointed
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0, out
+    returncode, out, err = _interrupt_after_epoch_1(root, env, sig)
+    assert returncode != 0, out
     assert checkpoint.exists() and not (root / "models" / "espcn").exists()
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     (run,) = client.search_runs(client.get_experiment_by_name("srctl").experiment_id)
@@ -229,15 +236,8 @@ def test_an_interrupted_ddp_run_resumes_to_the_same_result(prepared_dir, tmp_pat
     ref, env = _project(tmp_path / "ref", prepared_dir, processes=2)
     assert _train_cmd(ref, env).returncode == 0
     root, env = _project(tmp_path / "p", prepared_dir, processes=2)
-    proc = subprocess.Popen([sys.executable, "-m", "srctl.train"], cwd=root, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    checkpoint = root / "models" / T.CHECKPOINT
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and checkpoint.exists(), out + err
+    returncode, out, err = _interrupt_after_epoch_1(root, env, signal.SIGTERM)
+    assert returncode != 0 and (root / "models" / T.CHECKPOINT).exists(), out + err
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     (run,) = client.search_runs(client.get_experiment_by_name("srctl").experiment_id)
     assert run.info.status == "KILLED"
