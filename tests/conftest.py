@@ -42,6 +42,14 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
     return uri
 
 
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    """A real photo (BSDS300 test 3096, 481x321) in the test's own folder."""
+    path = tmp_path / "photo.jpg"
+    shutil.copy(BSDS300 / "images" / "test" / "3096.jpg", path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def raw_dir(tmp_path_factory) -> Path:
     """data/raw with a few BSDS300 images (4 train, 2 test), laid out as the download stage leaves it."""

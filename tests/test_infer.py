@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +15,6 @@ from srctl.errors import SrctlError
 from srctl.infer import PyfuncModel, infer, open_image, output_paths, upscale_image
 
 from conftest import BSDS300, DATASETS, srctl_cli
-
-
-@pytest.fixture
-def photo(tmp_path):
-    path = tmp_path / "photo.jpg"
-    shutil.copy(BSDS300 / "images" / "test" / "3096.jpg", path)
-    return path
 
 
 @pytest.fixture(scope="module")

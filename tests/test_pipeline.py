@@ -62,11 +62,9 @@ def test_run_is_complete_in_mlflow_and_registered(repo):
     assert json.loads((repo / "models" / "registered.json").read_text())["promoted"] is True
 
 
-def test_infer_with_the_run_id_on_a_photo(repo, tmp_path):
+def test_infer_with_the_run_id_on_a_photo(repo, tmp_path, photo):
     repo, env = repo
     run_id = json.loads((repo / "models" / "mlflow_run.json").read_text())["run_id"]
-    photo = tmp_path / "photo.jpg"
-    shutil.copy(BSDS300 / "images" / "test" / "3096.jpg", photo)
     srctl = Path(sys.executable).parent / "srctl"
     res = subprocess.run([srctl, "infer", "--run-id", run_id, str(photo)], cwd=repo, env=env,
                          capture_output=True, text=True)

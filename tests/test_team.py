@@ -8,7 +8,6 @@ import base64
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,12 +47,6 @@ def team_repo(mlflow_server, tmp_path_factory):
     return repo, env
 
 
-def _photo(tmp_path: Path) -> Path:
-    photo = tmp_path / "photo.jpg"
-    shutil.copy(BSDS300 / "images" / "test" / "3096.jpg", photo)
-    return photo
-
-
 def _run_id(repo: Path) -> str:
     return json.loads((repo / "models" / "mlflow_run.json").read_text())["run_id"]
 
@@ -73,9 +66,8 @@ def test_the_pipeline_logs_and_registers_on_the_server(team_repo, mlflow_server)
     assert len(list((root / "artifacts").rglob("samples/*.png"))) == 3
 
 
-def test_infer_loads_the_model_back_through_the_server(team_repo, tmp_path):
+def test_infer_loads_the_model_back_through_the_server(team_repo, tmp_path, photo):
     repo, env = team_repo
-    photo = _photo(tmp_path)
     env = {**env, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # nothing cached: the download goes through the server
     res = subprocess.run([BIN / "srctl", "infer", "--run-id", _run_id(repo), str(photo)], cwd=repo, env=env,
                          capture_output=True, text=True)
@@ -84,13 +76,13 @@ def test_infer_loads_the_model_back_through_the_server(team_repo, tmp_path):
     assert big.size == (small.width * 3, small.height * 3)
 
 
-def test_serve_the_champion_registered_on_the_server(team_repo, tmp_path):
+def test_serve_the_champion_registered_on_the_server(team_repo, photo):
     repo, env = team_repo
     url = f"http://127.0.0.1:{free_port()}"
     proc = start_server([sys.executable, "-m", "srctl.cli", "serve", "--model", "espcn-x3@champion", "--port",
                          url.rsplit(":", 1)[1]], f"{url}/ping", env, repo)
     try:
-        raw = _photo(tmp_path).read_bytes()
+        raw = photo.read_bytes()
         res = requests.post(f"{url}/invocations", json={"inputs": [base64.b64encode(raw).decode()]}, timeout=120)
     finally:
         stop_server(proc)
@@ -99,7 +91,7 @@ def test_serve_the_champion_registered_on_the_server(team_repo, tmp_path):
     assert out.size == (Image.open(io.BytesIO(raw)).width * 3, Image.open(io.BytesIO(raw)).height * 3)
 
 
-def test_a_fresh_clone_pulls_the_trained_model_from_a_dvc_remote(team_repo, tmp_path):
+def test_a_fresh_clone_pulls_the_trained_model_from_a_dvc_remote(team_repo, tmp_path, photo):
     """`dvc remote add -d` + `dvc push` in the repo; a clone + `dvc pull` is up to date (nothing to retrain)
     and `srctl infer --model-dir models/espcn` works there with no MLflow store at all."""
     repo, env = team_repo
@@ -122,7 +114,6 @@ def test_a_fresh_clone_pulls_the_trained_model_from_a_dvc_remote(team_repo, tmp_
     res = run("dvc", "repro", cwd=clone, env=offline)  # would retrain if anything were missing or stale
     assert res.returncode == 0 and "Running stage" not in res.stdout, res.stdout + res.stderr
 
-    photo = _photo(tmp_path)
     res = run(BIN / "srctl", "infer", str(photo), cwd=clone, env=offline)  # no store here: the error says what to do
     assert res.returncode == 1 and res.stderr.strip().endswith("--model-dir models/espcn"), res.stderr
     res = run(BIN / "srctl", "infer", "--model-dir", "models/espcn", str(photo), cwd=clone, env=offline)

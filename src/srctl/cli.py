@@ -62,6 +62,13 @@ QUIET = typer.Option(False, "-q", "--quiet", help="No progress bar.")
 MODEL_DIR = typer.Option(None, "--model-dir", help="A model folder, e.g. the pipeline's models/espcn (after `dvc pull`): no MLflow needed.")
 
 
+def _model_uri(run_id: Optional[str], model: Optional[str]) -> str:
+    """--run-id, else --model, else the project's champion, as an MLflow model URI."""
+    from srctl import registry
+
+    return registry.model_uri(run_id, None if run_id else (model or _default_model()))
+
+
 def _model_dir(run_id: Optional[str], model: Optional[str], model_dir: Optional[Path] = None) -> Path:
     from srctl import registry
 
@@ -73,7 +80,7 @@ def _model_dir(run_id: Optional[str], model: Optional[str], model_dir: Optional[
         return model_dir
     _quiet_mlflow()
     try:
-        return registry.fetch_model(registry.model_uri(run_id, None if run_id else (model or _default_model())))
+        return registry.fetch_model(_model_uri(run_id, model))
     except SrctlError as exc:  # no MLflow store here (a fresh clone after `dvc pull`, say): point at the pipeline's model
         from srctl import params as P
 
@@ -180,7 +187,7 @@ def serve(
     from srctl import registry
 
     try:
-        uri = registry.model_uri(run_id, None if run_id else (model or _default_model()))
+        uri = _model_uri(run_id, model)
     except SrctlError as exc:
         raise _fail(exc)
     _quiet_mlflow()
@@ -286,13 +293,8 @@ def benchmark(
 
     _quiet_mlflow()
     try:
-        if model_dir:
-            source = None
-            net = M.load(_model_dir(run_id, model, model_dir), device or pick_device())
-        else:
-            uri = registry.model_uri(run_id, None if run_id else (model or _default_model()))
-            source = registry.run_of(uri)
-            net = M.load(registry.fetch_model(uri), device or pick_device())
+        source = None if model_dir else registry.run_of(_model_uri(run_id, model))  # the run to log into
+        net = M.load(_model_dir(run_id, model, model_dir), device or pick_device())
         try:
             params, root = P.load(), P.repo_root()
         except SrctlError:  # outside a project checkout: the default set folders, from here

@@ -264,8 +264,6 @@ def launch(processes: int) -> None:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    if torch.cuda.is_available() and processes > torch.cuda.device_count():
-        raise SrctlError(f"train.processes {processes}: this machine has {torch.cuda.device_count()} GPU(s), one process per GPU")
     if not torch.cuda.is_available():  # CPU ranks share the cores rather than each taking all of them
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the ranks print their errors
