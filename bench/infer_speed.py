@@ -14,7 +14,6 @@ Usage (from the repo root, after `make repro`): python bench/infer_speed.py [--r
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import shutil
 import subprocess
@@ -49,12 +48,15 @@ def main() -> None:
     from PIL import Image
 
     from srctl import model as M
+    from srctl import params as P
     from srctl import registry
+    from srctl.degrade import crop_to_multiple, downscale
     from srctl.infer import upscale_batch
-    from srctl.prepare import crop_to_multiple, downscale
 
-    run_id = args.run_id or json.loads((ROOT / registry.RUN_FILE).read_text())["run_id"]
-    model_dir = registry.fetch_model(f"runs:/{run_id}/model")  # cached: both sides start from local files
+    run_id = args.run_id or registry.read_run(P.Paths(ROOT).run_file)["run_id"]
+    model_dir = registry.fetch_model(
+        f"runs:/{run_id}/model"
+    )  # cached: both sides start from local files
     work = Path(tempfile.mkdtemp(prefix="srctl-bench-"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; run {run_id}")
 
@@ -64,18 +66,58 @@ def main() -> None:
     for p in sorted((BSDS / "images" / "test").glob("*.jpg")):
         downscale(crop_to_multiple(Image.open(p).convert("RGB"), 3), 3).save(lr / f"{p.stem}.png")
     files = sorted(str(p) for p in lr.iterdir())
-    ours = best_of(args.repeat, lambda i: [*SRCTL, "infer", "--run-id", run_id, str(lr), "-o", str(work / f"s{i}"), "-q"])
-    naive = best_of(args.repeat, lambda i: [sys.executable, "bench/naive_infer.py", str(model_dir), str(work / f"n{i}"), *files])
-    print(f"[1] {len(files)} images x3 ({Image.open(files[0]).size[0]}x{Image.open(files[0]).size[1]} and turned): "
-          f"srctl infer {ours:.2f} s, naive loop {naive:.2f} s, ratio {ours / naive:.2f} (target <= 15 s and <= 1.0)")
+    ours = best_of(
+        args.repeat,
+        lambda i: [*SRCTL, "infer", "--run-id", run_id, str(lr), "-o", str(work / f"s{i}"), "-q"],
+    )
+    naive = best_of(
+        args.repeat,
+        lambda i: [
+            sys.executable,
+            "bench/naive_infer.py",
+            str(model_dir),
+            str(work / f"n{i}"),
+            *files,
+        ],
+    )
+    print(
+        f"[1] {len(files)} images x3 ({'x'.join(map(str, Image.open(files[0]).size))} and turned): "
+        f"srctl infer {ours:.2f} s, naive loop {naive:.2f} s, ratio {ours / naive:.2f} "
+        "(target <= 15 s and <= 1.0)"
+    )
 
     # 2. one 720p frame to 4K
     frame = work / "frame720.png"
-    Image.open(BSDS / "images" / "test" / "3096.jpg").convert("RGB").resize((1280, 720), Image.BICUBIC).save(frame)
-    ours = best_of(args.repeat, lambda i: [*SRCTL, "infer", "--run-id", run_id, str(frame), "-o", str(work / f"f{i}.png"), "-q"])
-    naive = best_of(args.repeat, lambda i: [sys.executable, "bench/naive_infer.py", str(model_dir), str(work / f"fn{i}"), str(frame)])
-    print(f"[2] 1280x720 -> 3840x2160: srctl infer {ours:.2f} s, naive loop {naive:.2f} s, "
-          f"ratio {ours / naive:.2f} (target <= 0.8)")
+    Image.open(BSDS / "images" / "test" / "3096.jpg").convert("RGB").resize(
+        (1280, 720), Image.BICUBIC
+    ).save(frame)
+    ours = best_of(
+        args.repeat,
+        lambda i: [
+            *SRCTL,
+            "infer",
+            "--run-id",
+            run_id,
+            str(frame),
+            "-o",
+            str(work / f"f{i}.png"),
+            "-q",
+        ],
+    )
+    naive = best_of(
+        args.repeat,
+        lambda i: [
+            sys.executable,
+            "bench/naive_infer.py",
+            str(model_dir),
+            str(work / f"fn{i}"),
+            str(frame),
+        ],
+    )
+    print(
+        f"[2] 1280x720 -> 3840x2160: srctl infer {ours:.2f} s, naive loop {naive:.2f} s, "
+        f"ratio {ours / naive:.2f} (target <= 0.8)"
+    )
 
     # 3. model throughput at 640x360
     net = M.load(model_dir)
@@ -93,19 +135,41 @@ def main() -> None:
         naive_fps = fps(lambda: net(y))
     fp32 = fps(lambda: upscale_batch(net, x, tile=1024))
     bf16 = fps(lambda: upscale_batch(net, x, tile=1024, amp=torch.bfloat16))
-    print(f"[3] 640x360 frames/s: srctl --fp32 {fp32:.1f}, srctl --bf16 (the default here) {bf16:.1f}, naive NCHW fp32 forward {naive_fps:.1f} "
-          f"(target >= 6)")
+    print(
+        f"[3] 640x360 frames/s: srctl --fp32 {fp32:.1f}, srctl --bf16 (the default here) "
+        f"{bf16:.1f}, naive NCHW fp32 forward {naive_fps:.1f} "
+        f"(target >= 6)"
+    )
 
     # 4. a 12000x8000 photo
     if args.big:
         big = work / "big.jpg"
-        Image.open(BSDS / "images" / "test" / "3096.jpg").convert("RGB").resize((12000, 8000), Image.BICUBIC).save(big, quality=92)
+        Image.open(BSDS / "images" / "test" / "3096.jpg").convert("RGB").resize(
+            (12000, 8000), Image.BICUBIC
+        ).save(big, quality=92)
         start = time.perf_counter()
-        subprocess.run([*SRCTL, "infer", "--run-id", run_id, str(big), "-o", str(work / "big_x3.png"), "-q", "--bf16"],
-                       check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                *SRCTL,
+                "infer",
+                "--run-id",
+                run_id,
+                str(big),
+                "-o",
+                str(work / "big_x3.png"),
+                "-q",
+                "--bf16",
+            ],
+            check=True,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )
         seconds = time.perf_counter() - start
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-        print(f"[4] 12000x8000 -> 36000x24000 (--bf16): {seconds:.0f} s, peak memory of the largest child {peak:.1f} GiB")
+        print(
+            f"[4] 12000x8000 -> 36000x24000 (--bf16): {seconds:.0f} s, "
+            f"peak memory of the largest child {peak:.1f} GiB"
+        )
     shutil.rmtree(work)
 
 

@@ -18,8 +18,16 @@ Path(out_dir).mkdir(parents=True, exist_ok=True)
 with torch.no_grad():
     for path in images:
         y, cb, cr = Image.open(path).convert("YCbCr").split()
-        x = torch.frombuffer(bytearray(y.tobytes()), dtype=torch.uint8).float().div(255).view(1, 1, y.height, y.width)
+        x = (
+            torch.frombuffer(bytearray(y.tobytes()), dtype=torch.uint8)
+            .float()
+            .div(255)
+            .view(1, 1, y.height, y.width)
+        )
         out = net(x).clamp(0, 1).mul(255).round().byte()[0, 0].numpy()
         y_sr = Image.fromarray(out, "L")
-        merged = Image.merge("YCbCr", [y_sr, cb.resize(y_sr.size, Image.BICUBIC), cr.resize(y_sr.size, Image.BICUBIC)])
+        merged = Image.merge(
+            "YCbCr",
+            [y_sr, cb.resize(y_sr.size, Image.BICUBIC), cr.resize(y_sr.size, Image.BICUBIC)],
+        )
         merged.convert("RGB").save(Path(out_dir) / (Path(path).stem + ".png"))

@@ -1,14 +1,16 @@
-"""Training throughput: srctl's loop against the pytorch/examples `super_resolution` style loop, one run.
+"""Training throughput: srctl's loop against the pytorch/examples `super_resolution` style loop, one
+run.
 
-LR pixels per second through forward + backward + Adam step, for the same network (the seed's ESPCN, x3):
-  - srctl: the train stage's own code (random patches cut on the device from the resident uint8 tensors,
-    channels_last, bf16 autocast where the hardware has it, torch.compile), at params.yaml's batch and
-    patch size; then the same without torch.compile, and without autocast;
+LR pixels per second through forward + backward + Adam step, for the same network (the seed's
+ESPCN, x3):
+  - srctl: the train stage's own code (random patches cut on the device from the resident uint8
+    tensors, channels_last, bf16 autocast where the hardware has it, torch.compile), at
+    params.yaml's batch and patch size; then the same without torch.compile, and without autocast;
   - example: batch 4 from a DataLoader over PIL crops (Y of a 255x255 centre crop per image, LR by
     torchvision's resize), NCHW fp32, as pytorch/examples does it.
 Prints each figure and the ratio to the example.
-
-Usage (from the repo root, after `make repro`): python bench/train_throughput.py [--seconds 20] [--device cuda]
+Usage (from the repo root, after `make repro`):
+    python bench/train_throughput.py [--seconds 20] [--device cuda]
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torchvision import transforms as T
 
 from srctl import model as M
 from srctl import params as P
-from srctl.infer import autocast_dtype, pick_device
+from srctl.device import autocast_dtype, pick_device
 from srctl.prepare import load_split
 from srctl.train import compiled, sample_patches, step
 
@@ -46,7 +48,9 @@ def timed(run_step, seconds: float) -> tuple[int, float]:
     return n, time.perf_counter() - start
 
 
-def srctl_loop(params: P.Params, device: torch.device, amp: torch.dtype | None, compile: bool, seconds: float) -> float:
+def srctl_loop(
+    params: P.Params, device: torch.device, amp: torch.dtype | None, compile: bool, seconds: float
+) -> float:
     cfg, s = params.train, 3
     data, _ = load_split(ROOT / "data" / "prepared", "train", device)
     net = M.ESPCN.named(cfg.arch, s).to(device, memory_format=torch.channels_last)
@@ -56,7 +60,9 @@ def srctl_loop(params: P.Params, device: torch.device, amp: torch.dtype | None, 
     gen, aug = torch.Generator(device).manual_seed(0), random.Random(0)
 
     def one():
-        lr_p, hr_p = sample_patches(data["lr"], data["hr"], cfg.batch_size, cfg.patch_size, s, gen, aug)
+        lr_p, hr_p = sample_patches(
+            data["lr"], data["hr"], cfg.batch_size, cfg.patch_size, s, gen, aug
+        )
         float(step(fwd, opt, scaler, amp, lr_p, hr_p))  # sync, as the loss is read every step here
 
     for _ in range(20):  # compiling happens here, not in the measured time
@@ -66,7 +72,7 @@ def srctl_loop(params: P.Params, device: torch.device, amp: torch.dtype | None, 
 
 
 class CentreCrops(Dataset):
-    """pytorch/examples super_resolution/data.py in spirit: one fixed centre crop per image, Y only."""
+    """pytorch/examples super_resolution/data.py in spirit: one fixed centre crop, Y only."""
 
     def __init__(self, paths: list[Path], crop: int = 255, scale: int = 3):
         self.paths = paths
@@ -83,7 +89,13 @@ class CentreCrops(Dataset):
 
 def example_loop(device: torch.device, seconds: float, workers: int) -> float:
     paths = sorted((BSDS / "images" / "train").glob("*.jpg"))
-    loader = DataLoader(CentreCrops(paths), batch_size=4, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
+    loader = DataLoader(
+        CentreCrops(paths),
+        batch_size=4,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
     net = M.ESPCN(3).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     batches = iter(())
@@ -109,22 +121,37 @@ def example_loop(device: torch.device, seconds: float, workers: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=20.0, help="measuring time per loop")
-    ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="example's DataLoader workers (its default: 4)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="example's DataLoader workers (its default: 4)",
+    )
     ap.add_argument("--device", default=None, help="cpu, cuda, ... [default: what training picks]")
     args = ap.parse_args()
     params = P.load(ROOT / "params.yaml")
-    device = torch.device(args.device) if args.device else pick_device()
+    device = pick_device(args.device)
     amp = autocast_dtype(device)
-    print(f"torch {torch.__version__} on {device}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
-          f"srctl batch {params.train.batch_size} x {params.train.patch_size}^2, autocast {amp}")
+    print(
+        f"torch {torch.__version__} on {device}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs; "
+        f"srctl batch {params.train.batch_size} x {params.train.patch_size}^2, autocast {amp}"
+    )
     example = example_loop(device, args.seconds, args.workers)
-    print(f"example loop (batch 4 x 85^2, DataLoader {args.workers} workers, NCHW fp32): {example / 1e6:.2f} M LR px/s")
-    rows = [(f"srctl (channels_last, {amp or 'fp32'}, torch.compile: the default)", amp, True),
-            (f"srctl without torch.compile (channels_last, {amp or 'fp32'})", amp, False),
-            ("srctl without torch.compile, fp32 (channels_last)", None, False)]
+    print(
+        f"example loop (batch 4 x 85^2, DataLoader {args.workers} workers, NCHW fp32): "
+        f"{example / 1e6:.2f} M LR px/s"
+    )
+    rows = [
+        (f"srctl (channels_last, {amp or 'fp32'}, torch.compile: the default)", amp, True),
+        (f"srctl without torch.compile (channels_last, {amp or 'fp32'})", amp, False),
+        ("srctl without torch.compile, fp32 (channels_last)", None, False),
+    ]
     for name, dtype, compile in rows[: 3 if amp else 2]:
         ours = srctl_loop(params, device, dtype, compile, args.seconds)
-        print(f"{name}: {ours / 1e6:.2f} M LR px/s, {ours / example:.1f}x the example (target >= 4x)")
+        print(
+            f"{name}: {ours / 1e6:.2f} M LR px/s, {ours / example:.1f}x the example (target >= 4x)"
+        )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""End-to-end speed of `srctl video`: makes a clip (a panning BSDS300 photo with a 440 Hz AAC track),
-upscales it with the given srctl options, prints frames/s as srctl reports it and the process wall time.
+"""End-to-end speed of `srctl video`: makes a clip (a panning BSDS300 photo with a 440 Hz AAC
+track), upscales it with the given srctl options, prints frames/s as srctl reports it and the
+process wall time.
 
-Usage: python bench/video_speed.py [--size 1280x720] [--frames 300] [--run-id ID] [-- srctl video options]
+Usage: python bench/video_speed.py [--size 1280x720] [--frames 300] [--run-id ID]
+                                  [-- srctl video options]
 e.g.   python bench/video_speed.py --size 640x360 --frames 60
-       python bench/video_speed.py --size 1280x720 --frames 300 -- --preset ultrafast --batch 16   (GPU)
+       python bench/video_speed.py --size 1280x720 --frames 300 -- --preset ultrafast --batch 16
+         (GPU)
 """
 
 from __future__ import annotations
@@ -28,14 +31,23 @@ def make_clip(path: Path, w: int, h: int, frames: int, rate: int = 30) -> None:
     photo = Image.open(PHOTO).convert("RGB").resize((w + 2 * frames, h + frames), Image.BICUBIC)
     with av.open(str(path), "w") as out:
         v = out.add_stream("libx264", rate=rate)
-        v.width, v.height, v.pix_fmt, v.options = w, h, "yuv420p", {"crf": "20", "preset": "veryfast"}
+        v.width, v.height, v.pix_fmt, v.options = (
+            w,
+            h,
+            "yuv420p",
+            {"crf": "20", "preset": "veryfast"},
+        )
         a = out.add_stream("aac", rate=48000)
         for i in range(frames):
             out.mux(v.encode(av.VideoFrame.from_image(photo.crop((2 * i, i, 2 * i + w, i + h)))))
         out.mux(v.encode(None))
-        tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(48000 * frames // rate) / 48000)).astype(np.float32)[None]
+        tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(48000 * frames // rate) / 48000)).astype(
+            np.float32
+        )[None]
         for k in range(0, tone.shape[1], 1024):
-            f = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, k : k + 1024]), format="fltp", layout="mono")
+            f = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(tone[:, k : k + 1024]), format="fltp", layout="mono"
+            )
             f.sample_rate = 48000
             out.mux(a.encode(f))
         out.mux(a.encode(None))
@@ -55,11 +67,30 @@ def main() -> None:
     clip = work / "clip.mp4"
     make_clip(clip, w, h, args.frames)
     start = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "srctl.cli", "video", str(clip), "-o", str(work / "out.mp4"), "-q",
-                          "--run-id", run_id, *extra], capture_output=True, text=True, cwd=ROOT)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "srctl.cli",
+            "video",
+            str(clip),
+            "-o",
+            str(work / "out.mp4"),
+            "-q",
+            "--run-id",
+            run_id,
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     wall = time.perf_counter() - start
     print(res.stdout.strip() or res.stderr.strip())
-    print(f"{args.frames} frames {w}x{h} -> x3, options {extra or 'default'}: process wall {wall:.1f} s")
+    print(
+        f"{args.frames} frames {w}x{h} -> x3, options {extra or 'default'}: "
+        f"process wall {wall:.1f} s"
+    )
 
 
 if __name__ == "__main__":

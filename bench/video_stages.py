@@ -20,7 +20,8 @@ import torch
 
 from srctl import model as M
 from srctl.color import rgb_to_yuv420p
-from srctl.infer import autocast_dtype, pick_device, upscale_batch
+from srctl.device import autocast_dtype, pick_device
+from srctl.infer import upscale_batch
 
 
 def main() -> None:
@@ -32,7 +33,10 @@ def main() -> None:
 
     start = time.perf_counter()
     frames = [f.to_ndarray(format="rgb24") for f in av.open(clip).decode(video=0)]
-    print(f"decode + to RGB: {len(frames) / (time.perf_counter() - start):.1f} frames/s ({len(frames)} frames)")
+    print(
+        f"decode + to RGB: {len(frames) / (time.perf_counter() - start):.1f} frames/s "
+        f"({len(frames)} frames)"
+    )
 
     x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
     upscale_batch(net, x[:2].to(device), 4096, amp)  # warm-up
@@ -40,23 +44,38 @@ def main() -> None:
         sync()
         start, out = time.perf_counter(), []
         for i in range(0, len(frames), batch):
-            out.append(rgb_to_yuv420p(upscale_batch(net, x[i : i + batch].to(device), 4096, amp)).cpu().numpy())
+            out.append(
+                rgb_to_yuv420p(upscale_batch(net, x[i : i + batch].to(device), 4096, amp))
+                .cpu()
+                .numpy()
+            )
         sync()
-        print(f"network + colour + yuv420p + copy back, batch {batch}: {len(frames) / (time.perf_counter() - start):.1f} frames/s")
+        print(
+            f"network + colour + yuv420p + copy back, batch {batch}: "
+            f"{len(frames) / (time.perf_counter() - start):.1f} frames/s"
+        )
 
     planes = np.concatenate(out)[:150]
     h, w = planes.shape[1] * 2 // 3, planes.shape[2]
     for preset in ("ultrafast", "superfast", "veryfast"):
         with av.open("/dev/null", "w", format="mp4") as f:
             v = f.add_stream("libx264", rate=30)
-            v.width, v.height, v.pix_fmt, v.options = w, h, "yuv420p", {"crf": "18", "preset": preset}
+            v.width, v.height, v.pix_fmt, v.options = (
+                w,
+                h,
+                "yuv420p",
+                {"crf": "18", "preset": preset},
+            )
             start = time.perf_counter()
             for i, p in enumerate(planes):
                 frame = av.VideoFrame.from_numpy_buffer(p, format="yuv420p")
                 frame.pts, frame.time_base = i, Fraction(1, 30)
                 f.mux(v.encode(frame))
             f.mux(v.encode(None))
-        print(f"libx264 {preset} alone, {w}x{h}: {len(planes) / (time.perf_counter() - start):.1f} frames/s")
+        print(
+            f"libx264 {preset} alone, {w}x{h}: "
+            f"{len(planes) / (time.perf_counter() - start):.1f} frames/s"
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real datasets from ../shared/datasets, a real sqlite MLflow store per test."""
+"""Shared fixtures: the real datasets from ../shared/datasets, a real sqlite MLflow store a test."""
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ def pytest_sessionstart(session):
     os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="srctl-test-cache-")
     # The datasets are part of the test environment: a missing copy is an error, never a skip.
     if not (BSDS300 / "images" / "train").is_dir():
-        raise pytest.UsageError(f"{BSDS300} is missing: tests need the shared dataset copy beside the repo")
+        raise pytest.UsageError(
+            f"{BSDS300} is missing: tests need the shared dataset copy beside the repo"
+        )
 
 
 @pytest.fixture
@@ -52,7 +54,8 @@ def photo(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def raw_dir(tmp_path_factory) -> Path:
-    """data/raw with a few BSDS300 images (4 train, 2 test), laid out as the download stage leaves it."""
+    """data/raw with a few BSDS300 images (4 train, 2 test), laid out as the download stage leaves
+    it."""
     raw = tmp_path_factory.mktemp("raw")
     for split, n in (("train", 4), ("test", 2)):
         dst = raw / "BSDS300" / "images" / split
@@ -73,21 +76,34 @@ def prepared_dir(raw_dir, tmp_path_factory) -> Path:
 
 def srctl_cli(*args, cwd):
     """The real `srctl` command line, in a child process."""
-    return subprocess.run([sys.executable, "-m", "srctl.cli", *args], cwd=cwd, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "srctl.cli", *args], cwd=cwd, capture_output=True, text=True
+    )
 
 
 TINY = {
     "prepare": {"max_train_images": 4, "max_test_images": 2},
-    "train": {"epochs": 1, "steps_per_epoch": 20, "batch_size": 16, "patch_size": 17, "lr": 0.001, "compile": "never"},
+    "train": {
+        "epochs": 1,
+        "steps_per_epoch": 20,
+        "batch_size": 16,
+        "patch_size": 17,
+        "lr": 0.001,
+        "compile": "never",
+    },
     "evaluate": {"max_images": 3, "samples": 3},
 }
 
 
 def tiny_project(dst: Path) -> None:
-    """The project's files as git sees them (tracked or not ignored), with TINY params, in a fresh git repo."""
+    """The project's files as git sees them (tracked or not ignored), with TINY params, in a fresh
+    git repo."""
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\0")
     for name in filter(None, files):
         if (ROOT / name).is_file():
@@ -97,7 +113,10 @@ def tiny_project(dst: Path) -> None:
     for group, values in TINY.items():
         params[group].update(values)
     # relative to the repo, as in params.yaml (and `dvc exp run --temp` works in a copy elsewhere)
-    params["benchmark"]["sets"] = {"Set5": os.path.relpath(DATASETS / "Set5", dst), "Set14": "../no-such-set"}
+    params["benchmark"]["sets"] = {
+        "Set5": os.path.relpath(DATASETS / "Set5", dst),
+        "Set14": "../no-such-set",
+    }
     (dst / "params.yaml").write_text(yaml.safe_dump(params))
     git = lambda *a: subprocess.run(["git", *a], cwd=dst, check=True, capture_output=True)  # noqa: E731
     git("init", "-q")
@@ -108,7 +127,10 @@ def tiny_project(dst: Path) -> None:
 def tiny_params(**train) -> P.Params:
     """Default params with a training run of a few seconds (eager: compiling alone takes ~20 s)."""
     base = P.load(ROOT / "params.yaml")
-    t = dataclasses.replace(base.train, **{"epochs": 2, "steps_per_epoch": 5, "batch_size": 8, "compile": "never", **train})
+    t = dataclasses.replace(
+        base.train,
+        **{"epochs": 2, "steps_per_epoch": 5, "batch_size": 8, "compile": "never", **train},
+    )
     return dataclasses.replace(base, train=t)
 
 
@@ -126,7 +148,9 @@ def logged_model_store(tmp_path_factory):
     with registry.training_run(tiny_params(), "0" * 64) as run:
         registry.log_model(root / "model")
     mp.undo()
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"  # for the subprocesses of this module
+    os.environ["MLFLOW_TRACKING_URI"] = (
+        f"sqlite:///{root}/mlflow.db"  # for the subprocesses of this module
+    )
     yield root, run.info.run_id
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
@@ -138,8 +162,11 @@ def free_port() -> int:
 
 
 def start_server(cmd: list[str], probe: str, env: dict, cwd: Path) -> subprocess.Popen:
-    """A real HTTP server process, once `probe` (a URL) answers 200; its output is in the failure message."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """A real HTTP server process, once `probe` (a URL) answers 200; its output is in the failure
+    message."""
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:

@@ -1,7 +1,7 @@
-"""The benchmark stage and `srctl benchmark`: the literature's sets, scored by its convention, for real."""
+"""The benchmark stage and `srctl benchmark`: the literature's sets, scored by its convention, for
+real."""
 
 from __future__ import annotations
-
 
 import mlflow
 import pytest
@@ -16,31 +16,50 @@ from conftest import DATASETS, srctl_cli
 def test_bicubic_rows_reproduce_the_literature_and_absent_sets_are_reported(tmp_path):
     sets = {"Set5": DATASETS / "Set5", "Set14": DATASETS / "Set14", "Nowhere": tmp_path / "missing"}
     results = B.benchmark(M.ESPCN(3).eval(), sets)
-    # x3 bicubic as published (Set14 only matches with its grayscale image scored on its own gray levels)
+    # x3 bicubic as published (Set14 only matches with its grayscale image scored on its own gray
+    # levels)
     assert results["Set5"]["bicubic_psnr"] == pytest.approx(30.39, abs=0.05)
     assert results["Set14"]["bicubic_psnr"] == pytest.approx(27.55, abs=0.05)
     assert results["Set5"]["images"] == 5 and results["Set14"]["images"] == 14
     assert results["Nowhere"] is None
     text = B.report(results, sets, 3, "ESPCN")
     assert text.splitlines()[0] == "| x3 | Set5 | Set14 | Nowhere |"
-    assert "| bicubic | 30.4" in text and "absent |" in text and f"Nowhere: absent (no images in {tmp_path / 'missing'})" in text
-    assert B.flat(results)["Set14/images"] == 14 and not any(k.startswith("Nowhere") for k in B.flat(results))
+    assert (
+        "| bicubic | 30.4" in text
+        and "absent |" in text
+        and f"Nowhere: absent (no images in {tmp_path / 'missing'})" in text
+    )
+    assert B.flat(results)["Set14/images"] == 14 and not any(
+        k.startswith("Nowhere") for k in B.flat(results)
+    )
 
 
 def test_srctl_benchmark_scores_a_logged_model_into_its_run(logged_model_store, tmp_path):
     store, run_id = logged_model_store
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # a project whose params.yaml names the sets
-    (tmp_path / "params.yaml").write_text(f"benchmark: {{sets: {{Set5: {DATASETS / 'Set5'}, Gone: gone}}}}\n")
+    (tmp_path / "params.yaml").write_text(
+        f"benchmark: {{sets: {{Set5: {DATASETS / 'Set5'}, Gone: gone}}}}\n"
+    )
     res = srctl_cli("benchmark", "--run-id", run_id, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0] == "| x3 | Set5 | Gone |" and lines[2].startswith("| bicubic | 30.40 / 0.86")
-    assert lines[3].startswith(f"| ESPCN (run {run_id[:8]}) |") and lines[-1] == f"Gone: absent (no images in {tmp_path / 'gone'})"
+    assert (
+        lines[3].startswith(f"| ESPCN (run {run_id[:8]}) |")
+        and lines[-1] == f"Gone: absent (no images in {tmp_path / 'gone'})"
+    )
     metrics = mlflow.MlflowClient(registry.tracking_uri()).get_run(run_id).data.metrics
-    assert metrics["Set5/bicubic_psnr"] == pytest.approx(30.40, abs=0.01) and metrics["Set5/images"] == 5
+    assert (
+        metrics["Set5/bicubic_psnr"] == pytest.approx(30.40, abs=0.01)
+        and metrics["Set5/images"] == 5
+    )
 
     res = srctl_cli("benchmark", "--model", "espcn-x3@nobody", cwd=tmp_path)
-    assert res.returncode == 1 and res.stderr.strip() == f"error: no model models:/espcn-x3@nobody in {registry.tracking_uri()}"
+    assert (
+        res.returncode == 1
+        and res.stderr.strip()
+        == f"error: no model models:/espcn-x3@nobody in {registry.tracking_uri()}"
+    )
     registry.promote(run_id, "champion")
     res = srctl_cli("benchmark", "--model", "espcn-x3@champion", "--no-log", cwd=tmp_path)
     assert res.returncode == 0 and f"(run {run_id[:8]})" in res.stdout

@@ -79,7 +79,9 @@ def _keeps_raw_as_it_was(raw: Path, run) -> str:
 def test_wrong_checksum_leaves_raw_untouched(tarball, serve, tmp_path):
     (tmp_path / "BSDS300-images.tgz").symlink_to(tarball)
     bad = cfg(serve("BSDS300-images.tgz"), content_sha256="0" * 64)
-    msg = _keeps_raw_as_it_was(tmp_path / "data" / "raw", lambda: download(bad, tmp_path / "data" / "raw"))
+    msg = _keeps_raw_as_it_was(
+        tmp_path / "data" / "raw", lambda: download(bad, tmp_path / "data" / "raw")
+    )
     assert "does not match the expected" in msg
 
 
@@ -88,7 +90,9 @@ def test_connection_refused_retries_then_says_so(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once the socket closes
     raw = tmp_path / "data" / "raw"
-    msg = _keeps_raw_as_it_was(raw, lambda: download(cfg(f"http://127.0.0.1:{port}/x.tgz"), raw, backoff_s=0.01))
+    msg = _keeps_raw_as_it_was(
+        raw, lambda: download(cfg(f"http://127.0.0.1:{port}/x.tgz"), raw, backoff_s=0.01)
+    )
     assert "after 2 tries" in msg and "SRCTL_DATA_MIRROR" in msg
 
 
@@ -105,7 +109,11 @@ def test_missing_file_and_html_page(serve, tmp_path):
 def test_unsafe_tarballs_are_refused(tmp_path, kind):
     path = tmp_path / "evil.tgz"
     with tarfile.open(path, "w:gz") as tar:
-        info = tarfile.TarInfo({"dotdot": "BSDS300/../../escape.txt", "absolute": "/tmp/escape.txt"}.get(kind, "BSDS300/link"))
+        info = tarfile.TarInfo(
+            {"dotdot": "BSDS300/../../escape.txt", "absolute": "/tmp/escape.txt"}.get(
+                kind, "BSDS300/link"
+            )
+        )
         if kind == "symlink":
             info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
             tar.addfile(info)

@@ -1,4 +1,5 @@
-"""Fuzzing the image-loading path: whatever the bytes, open_image returns an image or raises SrctlError."""
+"""Fuzzing the image-loading path: whatever the bytes, open_image returns an image or raises
+SrctlError."""
 
 from __future__ import annotations
 
@@ -15,9 +16,18 @@ from srctl.infer import open_image, upscale_image
 
 def _seed_files() -> list[bytes]:
     out = []
-    for fmt, mode in (("PNG", "RGBA"), ("JPEG", "RGB"), ("BMP", "RGB"), ("GIF", "P"), ("TIFF", "I;16"), ("WEBP", "RGB")):
+    for fmt, mode in (
+        ("PNG", "RGBA"),
+        ("JPEG", "RGB"),
+        ("BMP", "RGB"),
+        ("GIF", "P"),
+        ("TIFF", "I;16"),
+        ("WEBP", "RGB"),
+    ):
         buf = io.BytesIO()
-        Image.new(mode, (7, 5), color=3 if mode in ("P", "I;16") else (30, 60, 90, 120)[: len(mode)]).save(buf, fmt)
+        Image.new(
+            mode, (7, 5), color=3 if mode in ("P", "I;16") else (30, 60, 90, 120)[: len(mode)]
+        ).save(buf, fmt)
         out.append(buf.getvalue())
     return out
 
@@ -28,7 +38,7 @@ NET = M.ESPCN(3).eval()
 
 @st.composite
 def mutated(draw):
-    """A valid small image file of some format with a few bytes overwritten, cut short or extended."""
+    """A valid small image file of some format, a few bytes overwritten, cut short or extended."""
     data = bytearray(draw(st.sampled_from(SEEDS)))
     for _ in range(draw(st.integers(0, 8))):
         data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
@@ -36,8 +46,13 @@ def mutated(draw):
     return bytes(data) + draw(st.binary(max_size=32))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.one_of(mutated(), st.binary(max_size=2048)), suffix=st.sampled_from([".png", ".jpg", ".gif", ".tif", ""]))
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=st.one_of(mutated(), st.binary(max_size=2048)),
+    suffix=st.sampled_from([".png", ".jpg", ".gif", ".tif", ""]),
+)
 def test_image_loading_never_crashes(tmp_path, data, suffix):
     path = tmp_path / f"fuzz{suffix}"
     path.write_bytes(data)

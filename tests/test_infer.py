@@ -39,7 +39,10 @@ def test_output_paths_rules(tmp_path, photo):
     assert output_paths([photo], None, 3) == [tmp_path / "photo_x3.png"]
     other = tmp_path / "b.png"
     Image.new("RGB", (4, 4)).save(other)
-    assert output_paths([photo, other], tmp_path / "out", 3) == [tmp_path / "out" / "photo.png", tmp_path / "out" / "b.png"]
+    assert output_paths([photo, other], tmp_path / "out", 3) == [
+        tmp_path / "out" / "photo.png",
+        tmp_path / "out" / "b.png",
+    ]
     with pytest.raises(SrctlError, match="is an input"):
         output_paths([photo], photo, 3, force=True)
     with pytest.raises(SrctlError, match="exists; pass --force"):
@@ -54,7 +57,9 @@ def test_infer_batch_keeps_going_past_a_bad_file(tmp_path, photo, model_dir):
     assert failed == 1
     assert Image.open(tmp_path / "out" / "photo.png").size == (481 * 3, 321 * 3)
     assert not (tmp_path / "out" / "broken.png").exists()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["photo.png"]  # no temp files left
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "photo.png"
+    ]  # no temp files left
     assert photo.read_bytes() == before
 
 
@@ -64,7 +69,9 @@ def test_pyfunc_predict_takes_and_returns_base64(model_dir):
     raw = (DATASETS / "Set5" / "baby.bmp").read_bytes()
     (b64_png,) = _load_pyfunc(str(model_dir)).predict([base64.b64encode(raw).decode()])
     out = Image.open(io.BytesIO(base64.b64decode(b64_png)))
-    assert out.format == "PNG" and out.size == tuple(3 * s for s in Image.open(io.BytesIO(raw)).size)
+    assert out.format == "PNG" and out.size == tuple(
+        3 * s for s in Image.open(io.BytesIO(raw)).size
+    )
     assert isinstance(PyfuncModel(M.ESPCN(3)), PyfuncModel)
 
 
@@ -84,18 +91,28 @@ def test_cli_unknown_run_is_one_line_error(tmp_path, photo, monkeypatch):
 
 
 def test_cli_model_dir_needs_no_mlflow(tmp_path, photo, model_dir):
-    """`--model-dir` (the pipeline's models/espcn after `dvc pull`, say): no store is opened or made."""
+    """`--model-dir` (the pipeline's models/espcn after `dvc pull`, say): no store is opened or
+    made."""
     res = srctl_cli("infer", "--model-dir", str(model_dir), str(photo), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert Image.open(tmp_path / "photo_x3.png").size == tuple(3 * n for n in Image.open(photo).size)
+    assert Image.open(tmp_path / "photo_x3.png").size == tuple(
+        3 * n for n in Image.open(photo).size
+    )
     assert not (tmp_path / "mlflow.db").exists()
-    for args, message in [(["--model-dir", str(tmp_path)], f"error: {tmp_path}: not a model folder (no config.json)"),
-                          (["--model-dir", str(model_dir), "--run-id", "x"], "error: give one of --run-id, --model and --model-dir")]:
+    for args, message in [
+        (["--model-dir", str(tmp_path)], f"error: {tmp_path}: not a model folder (no config.json)"),
+        (
+            ["--model-dir", str(model_dir), "--run-id", "x"],
+            "error: give one of --run-id, --model and --model-dir",
+        ),
+    ]:
         res = srctl_cli("infer", *args, str(photo), "--force", cwd=tmp_path)
         assert res.returncode == 1 and res.stderr.strip() == message
 
 
-# --- odd and bad inputs ----------------------------------------------------------------------------
+# --- odd and bad inputs
+# ----------------------------------------------------------------------------
+
 
 def _bomb_png(path):
     """A valid 8x8 PNG whose header is rewritten to claim 60000x60000 pixels (CRC fixed up)."""
@@ -127,7 +144,7 @@ def _odd_images(folder):
     rgba = src.copy()
     rgba.putalpha(Image.linear_gradient("L").resize(src.size))
     put("rgba.png", rgba, "RGBA")
-    put("sixteen.png", Image.fromarray((np.asarray(src.convert("L"), dtype=np.uint16) * 257)), "L")
+    put("sixteen.png", Image.fromarray(np.asarray(src.convert("L"), dtype=np.uint16) * 257), "L")
     put("one.png", Image.new("RGB", (1, 1), (200, 10, 10)), "RGB")
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 CW to display
@@ -153,7 +170,9 @@ def test_odd_images_are_upscaled_right(tmp_path):
     src = open_image(tmp_path / "rgba.png")
     want = src.getchannel("A").resize((120, 90), Image.Resampling.BICUBIC)
     got = np.asarray(upscale_image(net, src).getchannel("A"), dtype=float)
-    assert np.abs(got - np.asarray(want, dtype=float)).max() <= 3  # torch's bicubic (a=-0.75) vs PIL's (a=-0.5)
+    assert (
+        np.abs(got - np.asarray(want, dtype=float)).max() <= 3
+    )  # torch's bicubic (a=-0.75) vs PIL's (a=-0.5)
 
 
 def _bad_images(folder):
@@ -175,7 +194,9 @@ def _bad_images(folder):
     }
 
 
-@pytest.mark.parametrize("name", ["truncated.jpg", "empty.png", "notes.png", "folder.jpg", "missing.jpg", "bomb.png"])
+@pytest.mark.parametrize(
+    "name", ["truncated.jpg", "empty.png", "notes.png", "folder.jpg", "missing.jpg", "bomb.png"]
+)
 def test_bad_images_get_a_reason(tmp_path, name):
     reasons = _bad_images(tmp_path)
     with pytest.raises(SrctlError, match=reasons[name]) as err:
@@ -191,14 +212,27 @@ def test_cli_batch_of_good_odd_and_bad_files(tmp_path, logged_model_store):
     bad = _bad_images(inputs)
     before = {p: p.read_bytes() for p in inputs.iterdir() if p.is_file()}
     out = tmp_path / "out"
-    res = srctl_cli("infer", "--run-id", run_id, *(str(inputs / n) for n in [*odd, *bad]), "-o", str(out), cwd=store)
+    res = srctl_cli(
+        "infer",
+        "--run-id",
+        run_id,
+        *(str(inputs / n) for n in [*odd, *bad]),
+        "-o",
+        str(out),
+        cwd=store,
+    )
     assert res.returncode == 1
     errors = res.stderr.strip().splitlines()
-    assert len(errors) == len(bad) + 1 and errors[-1] == f"error: {len(bad)} of {len(odd) + len(bad)} images failed"
+    assert (
+        len(errors) == len(bad) + 1
+        and errors[-1] == f"error: {len(bad)} of {len(odd) + len(bad)} images failed"
+    )
     for name, reason in bad.items():
         assert any(line.startswith(f"error: {inputs / name}: {reason}") for line in errors), name
     assert "Traceback" not in res.stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{Path(n).stem}.png" for n in odd)  # nothing else
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{Path(n).stem}.png" for n in odd
+    )  # nothing else
     assert {p: p.read_bytes() for p in before} == before  # inputs untouched
 
 
@@ -220,10 +254,14 @@ def test_folders_globs_and_batches(tmp_path, model_dir, capsys):
     folder = tmp_path / "shots"
     folder.mkdir()
     for name in ("b.jpg", "a.JPG", "c.png"):
-        Image.open(BSDS300 / "images" / "test" / "3096.jpg").convert("RGB").crop((0, 0, 30, 20)).save(folder / name)
+        Image.open(BSDS300 / "images" / "test" / "3096.jpg").convert("RGB").crop(
+            (0, 0, 30, 20)
+        ).save(folder / name)
     (folder / "notes.txt").write_text("not an image")
     assert [p.name for p in collect_inputs([str(folder)])] == ["a.JPG", "b.jpg", "c.png"]
-    assert [p.name for p in collect_inputs([str(folder / "*.jpg"), str(folder / "b.jpg")])] == ["b.jpg"]
+    assert [p.name for p in collect_inputs([str(folder / "*.jpg"), str(folder / "b.jpg")])] == [
+        "b.jpg"
+    ]
     (gif,) = collect_inputs([str(folder / "*.gif")])
     with pytest.raises(SrctlError, match="no such file matches"):
         open_image(gif)
@@ -233,7 +271,9 @@ def test_folders_globs_and_batches(tmp_path, model_dir, capsys):
     for name in ("a", "b", "c"):
         src = next(folder.glob(f"{name}.*"))
         alone = upscale_image(net, open_image(src))
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / f"{name}.png")), np.asarray(alone))
+        assert np.array_equal(
+            np.asarray(Image.open(tmp_path / "out" / f"{name}.png")), np.asarray(alone)
+        )
 
 
 def test_icc_profile_kept_and_output_format_from_the_name(tmp_path, model_dir):
@@ -241,11 +281,15 @@ def test_icc_profile_kept_and_output_format_from_the_name(tmp_path, model_dir):
 
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     src = tmp_path / "tagged.png"
-    Image.open(BSDS300 / "images" / "test" / "3096.jpg").crop((0, 0, 40, 30)).save(src, icc_profile=icc)
+    Image.open(BSDS300 / "images" / "test" / "3096.jpg").crop((0, 0, 40, 30)).save(
+        src, icc_profile=icc
+    )
     assert infer([src], model_dir, tmp_path / "out.webp") == 0
     out = Image.open(tmp_path / "out.webp")
     assert out.format == "WEBP" and out.info.get("icc_profile") == icc
     rgba = tmp_path / "alpha.png"
     Image.new("RGBA", (8, 8)).save(rgba)
-    assert infer([rgba], model_dir, tmp_path / "alpha.jpg") == 1  # JPEG has no alpha: a clear error, no file
+    assert (
+        infer([rgba], model_dir, tmp_path / "alpha.jpg") == 1
+    )  # JPEG has no alpha: a clear error, no file
     assert not (tmp_path / "alpha.jpg").exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import mlflow
 from PIL import Image
 
@@ -27,7 +26,10 @@ def test_runs_table_and_promote(logged_model_store):
     client = mlflow.MlflowClient(registry.tracking_uri())
     assert client.get_model_version_by_alias("espcn-x3", "champion").version == 1
     res = srctl_cli("promote", "espcn-x3/7", cwd=store)
-    assert res.returncode == 1 and res.stderr.strip() == f"error: no model version espcn-x3/7 in {registry.tracking_uri()}"
+    assert (
+        res.returncode == 1
+        and res.stderr.strip() == f"error: no model version espcn-x3/7 in {registry.tracking_uri()}"
+    )
 
 
 def test_export_onnx_checked_with_onnxruntime(logged_model_store, tmp_path):
@@ -36,7 +38,16 @@ def test_export_onnx_checked_with_onnxruntime(logged_model_store, tmp_path):
 
     store, run_id = logged_model_store
     photo = BSDS300 / "images" / "test" / "3096.jpg"
-    res = srctl_cli("export", "--run-id", run_id, "-o", str(tmp_path / "m.onnx"), "--check-image", str(photo), cwd=store)
+    res = srctl_cli(
+        "export",
+        "--run-id",
+        run_id,
+        "-o",
+        str(tmp_path / "m.onnx"),
+        "--check-image",
+        str(photo),
+        cwd=store,
+    )
     assert res.returncode == 0, res.stderr
     diff = float(res.stdout.rsplit("max abs diff ", 1)[1])
     assert diff < 1e-4

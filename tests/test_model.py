@@ -17,7 +17,11 @@ def test_seed_architecture_and_shapes():
 def test_paper_variant_is_three_tanh_layers_and_roundtrips(tmp_path):
     net = M.ESPCN.named("paper", 3)
     convs = [m for m in net.body if isinstance(m, torch.nn.Conv2d)]
-    assert [(c.in_channels, c.out_channels, c.kernel_size[0]) for c in convs] == [(1, 64, 5), (64, 32, 3), (32, 9, 3)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size[0]) for c in convs] == [
+        (1, 64, 5),
+        (64, 32, 3),
+        (32, 9, 3),
+    ]
     assert sum(isinstance(m, torch.nn.Tanh) for m in net.body) == 2
     M.save(net, tmp_path)
     x = torch.rand(1, 1, 8, 8)
@@ -25,7 +29,9 @@ def test_paper_variant_is_three_tanh_layers_and_roundtrips(tmp_path):
 
 
 def test_orthogonal_init():
-    w = M.ESPCN(3).body[0].weight.reshape(64, -1)  # 64 x 25: orthonormal columns times the ReLU gain
+    w = (
+        M.ESPCN(3).body[0].weight.reshape(64, -1)
+    )  # 64 x 25: orthonormal columns times the ReLU gain
     gram = w.T @ w / torch.nn.init.calculate_gain("relu") ** 2
     torch.testing.assert_close(gram, torch.eye(25), atol=1e-4, rtol=0)
 
@@ -41,8 +47,12 @@ def test_save_load_roundtrip_without_pickle(tmp_path):
 
 @pytest.mark.parametrize(
     "config",
-    [{"arch": "srcnn", "scale": 3, "features": [64]}, {"arch": "espcn", "scale": 9, "features": [64]}, [1, 2],
-     {"arch": "espcn", "scale": 3, "features": [64], "activation": "gelu"}],
+    [
+        {"arch": "srcnn", "scale": 3, "features": [64]},
+        {"arch": "espcn", "scale": 9, "features": [64]},
+        [1, 2],
+        {"arch": "espcn", "scale": 3, "features": [64], "activation": "gelu"},
+    ],
 )
 def test_invalid_config_is_refused(tmp_path, config):
     M.save(M.ESPCN(3), tmp_path)
@@ -53,6 +63,8 @@ def test_invalid_config_is_refused(tmp_path, config):
 
 def test_weights_that_do_not_match_the_config(tmp_path):
     M.save(M.ESPCN(3), tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"arch": "espcn", "scale": 2, "features": [64, 64, 32]}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"arch": "espcn", "scale": 2, "features": [64, 64, 32]})
+    )
     with pytest.raises(SrctlError, match="do not match"):
         M.load(tmp_path)

@@ -26,7 +26,10 @@ def test_repo_params_load_and_flatten():
         ("train: {compile: off}", "'train.compile' must be str, got False"),
         ("train: {arch: srcnn}", "train.arch must be seed or paper"),
         ("benchmark: {sets: {Set5: 5}}", "benchmark.sets must map set names to folders"),
-        ("train: {processes: 3, batch_size: 20}", "train.processes must be >= 1 and divide train.batch_size (20), got 3"),
+        (
+            "train: {processes: 3, batch_size: 20}",
+            "train.processes must be >= 1 and divide train.batch_size (20), got 3",
+        ),
         ("train: {processes: 0}", "train.processes must be >= 1"),
     ],
 )

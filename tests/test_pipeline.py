@@ -16,6 +16,7 @@ from PIL import Image
 
 from conftest import BSDS300, tiny_project
 
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     repo = tmp_path_factory.mktemp("clone")
@@ -29,9 +30,16 @@ def repo(tmp_path_factory):
 
 def test_repro_writes_every_stage_output(repo):
     repo, env = repo
-    for path in ("data/raw/BSDS300", "data/prepared/train.safetensors", "models/espcn/model.safetensors",
-                 "metrics/train.json", "metrics/train_log.csv", "metrics/evaluate.json", "metrics/benchmark.json",
-                 "mlflow.db"):
+    for path in (
+        "data/raw/BSDS300",
+        "data/prepared/train.safetensors",
+        "models/espcn/model.safetensors",
+        "metrics/train.json",
+        "metrics/train_log.csv",
+        "metrics/evaluate.json",
+        "metrics/benchmark.json",
+        "mlflow.db",
+    ):
         assert (repo / path).exists(), path
     metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
     assert metrics["images"] == 3 and 20 < metrics["bicubic_psnr"] < 40
@@ -51,8 +59,16 @@ def test_run_is_complete_in_mlflow_and_registered(repo):
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert {"train.lr", "train.epochs", "scale", "seed"} <= set(run.data.params)
-    assert {"psnr", "ssim", "bicubic_psnr", "test_psnr", "train_loss", "train_seconds", "Set5/psnr",
-            "Set5/bicubic_ssim"} <= set(run.data.metrics)
+    assert {
+        "psnr",
+        "ssim",
+        "bicubic_psnr",
+        "test_psnr",
+        "train_loss",
+        "train_seconds",
+        "Set5/psnr",
+        "Set5/bicubic_ssim",
+    } <= set(run.data.metrics)
     assert run.data.tags["git_commit"] and len(run.data.tags["dataset_sha256"]) == 64
     samples = [a.path for a in client.list_artifacts(run_id, "samples")]
     assert len(samples) == 3
@@ -60,14 +76,35 @@ def test_run_is_complete_in_mlflow_and_registered(repo):
     champion = client.get_model_version_by_alias("espcn-x3", "champion")
     assert champion.version == 1 and champion.run_id == run_id
     assert json.loads((repo / "models" / "registered.json").read_text())["promoted"] is True
+    # what the MLflow UI shows: a run named for what ran, BSDS300 as its dataset, versions told
+    # apart
+    assert run.info.run_name == "x3-seed-20"
+    (used,) = run.inputs.dataset_inputs
+    assert (
+        used.dataset.name == "BSDS300"
+        and used.dataset.digest == run.data.tags["dataset_sha256"][:16]
+    )
+    assert {t.key: t.value for t in used.tags}["content_sha256"] == run.data.tags["dataset_sha256"]
+    assert champion.tags == {
+        "Set5/psnr": f"{run.data.metrics['Set5/psnr']:.2f}"
+    }  # Set14 is absent here
+    psnr = run.data.metrics["psnr"]
+    assert champion.description.startswith(
+        f"x3 seed, 20 steps (run x3-seed-20): BSDS300 test {psnr:.2f} dB"
+    )
 
 
 def test_infer_with_the_run_id_on_a_photo(repo, tmp_path, photo):
     repo, env = repo
     run_id = json.loads((repo / "models" / "mlflow_run.json").read_text())["run_id"]
     srctl = Path(sys.executable).parent / "srctl"
-    res = subprocess.run([srctl, "infer", "--run-id", run_id, str(photo)], cwd=repo, env=env,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [srctl, "infer", "--run-id", run_id, str(photo)],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
     out = tmp_path / "photo_x3.png"
     assert str(out) in res.stdout
@@ -77,22 +114,34 @@ def test_infer_with_the_run_id_on_a_photo(repo, tmp_path, photo):
     ref = np.asarray(small.resize(big.size, Image.Resampling.BICUBIC), dtype=float)
     got = np.asarray(big, dtype=float)
     assert np.abs(got.mean(axis=(0, 1)) - ref.mean(axis=(0, 1))).max() < 3
-    assert 10 * np.log10(255**2 / ((got - ref) ** 2).mean()) > 20  # 20 training steps: near bicubic, not noise
+    assert (
+        10 * np.log10(255**2 / ((got - ref) ** 2).mean()) > 20
+    )  # 20 training steps: near bicubic, not noise
 
     # the default (champion of params.yaml's name) works too, with -o
-    res = subprocess.run([srctl, "infer", str(photo), "-o", str(tmp_path / "c.png")], cwd=repo, env=env,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [srctl, "infer", str(photo), "-o", str(tmp_path / "c.png")],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
     assert Image.open(tmp_path / "c.png").size == big.size
 
 
 def test_dvc_exp_run_is_its_own_mlflow_run_in_the_repo_store(repo):
-    """`dvc exp run -S ...` (as the README says) logs a new run tagged with the experiment's name."""
+    """`dvc exp run -S ...` (as the README says) logs a new run tagged with the experiment name."""
     repo, env = repo
     import mlflow
 
-    res = subprocess.run(["dvc", "exp", "run", "-n", "tiny-lr", "-S", "train.lr=0.002"], cwd=repo, env=env,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        ["dvc", "exp", "run", "-n", "tiny-lr", "-S", "train.lr=0.002"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
     runs = client.search_runs(client.get_experiment_by_name("srctl").experiment_id)
@@ -100,25 +149,36 @@ def test_dvc_exp_run_is_its_own_mlflow_run_in_the_repo_store(repo):
     assert len(runs) == 2 and len(exp_runs) == 1
     assert exp_runs[0].data.params["train.lr"] == "0.002" and "psnr" in exp_runs[0].data.metrics
     assert len(client.search_model_versions("name='espcn-x3'")) == 2
-    diff = subprocess.run(["dvc", "metrics", "diff", "--json"], cwd=repo, env=env, capture_output=True, text=True)
-    changed = json.loads(diff.stdout)["metrics/benchmark.json"]  # the experiment's numbers vs the commit's
+    diff = subprocess.run(
+        ["dvc", "metrics", "diff", "--json"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    changed = json.loads(diff.stdout)[
+        "metrics/benchmark.json"
+    ]  # the experiment's numbers vs the commit's
     assert changed["Set5.psnr"]["new"] == pytest.approx(exp_runs[0].data.metrics["Set5/psnr"])
 
 
 def test_dvc_exp_run_temp_trains_its_own_params_in_its_copy_into_the_repo_store(repo):
-    """`--temp` (as `--queue` does) runs in .dvc/tmp/exps/...: its params and outputs are the copy's,
-    the workspace is left alone, and the run lands in the repo's mlflow.db."""
+    """`--temp` (as `--queue` does) runs in .dvc/tmp/exps/...: its params and outputs are the
+    copy's, the workspace is left alone, and the run lands in the repo's mlflow.db."""
     repo, env = repo
     import mlflow
 
     before = (repo / "models" / "mlflow_run.json").read_text()
-    res = subprocess.run(["dvc", "exp", "run", "--temp", "-n", "tmp-steps", "-S", "train.steps_per_epoch=7"], cwd=repo,
-                         env=env, capture_output=True, text=True)
+    res = subprocess.run(
+        ["dvc", "exp", "run", "--temp", "-n", "tmp-steps", "-S", "train.steps_per_epoch=7"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert (repo / "models" / "mlflow_run.json").read_text() == before
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
-    (run,) = client.search_runs(client.get_experiment_by_name("srctl").experiment_id,
-                                filter_string="tags.dvc_exp_name = 'tmp-steps'")
+    (run,) = client.search_runs(
+        client.get_experiment_by_name("srctl").experiment_id,
+        filter_string="tags.dvc_exp_name = 'tmp-steps'",
+    )
     assert run.data.params["train.steps_per_epoch"] == "7" and run.data.metrics["steps"] == 7
     assert run.info.artifact_uri.startswith((repo / "mlartifacts").as_uri())
     assert run.data.metrics["Set5/images"] == 5  # set folders relative to the repo, not to the copy
@@ -134,22 +194,41 @@ def test_a_queued_sweep_runs_in_parallel_each_experiment_its_own_mlflow_run(repo
     dvc = lambda *a: subprocess.run(["dvc", *a], cwd=repo, env=env, capture_output=True, text=True)  # noqa: E731
     res = dvc("exp", "run", "--queue", "-S", "train.lr=0.0011,0.0013")
     assert res.returncode == 0, res.stdout + res.stderr
-    names = [line.split("'")[1] for line in res.stdout.splitlines() if line.startswith("Queued experiment")]
+    names = [
+        line.split("'")[1]
+        for line in res.stdout.splitlines()
+        if line.startswith("Queued experiment")
+    ]
     assert len(names) == 2
-    # the workers outlive `dvc queue start`: they must not hold our pipes open (the call would never return)
-    assert subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL).returncode == 0
+    # the workers outlive `dvc queue start`: they must not hold our pipes open (the call would never
+    # return)
+    assert (
+        subprocess.run(
+            ["dvc", "queue", "start", "-j", "2"],
+            cwd=repo,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ).returncode
+        == 0
+    )
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and any(s in dvc("queue", "status").stdout for s in ("Queued", "Running")):
+    while time.monotonic() < deadline and any(
+        s in dvc("queue", "status").stdout for s in ("Queued", "Running")
+    ):
         time.sleep(2)
     status = dvc("queue", "status").stdout
     dvc("queue", "stop")
     assert all(f"{n}" in status for n in names) and "Failed" not in status, status
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
     runs = client.search_runs(client.get_experiment_by_name("srctl").experiment_id)
-    swept = {r.data.tags.get("dvc_exp_name"): r for r in runs if r.data.tags.get("dvc_exp_name") in names}
+    swept = {
+        r.data.tags.get("dvc_exp_name"): r for r in runs if r.data.tags.get("dvc_exp_name") in names
+    }
     assert sorted(r.data.params["train.lr"] for r in swept.values()) == ["0.0011", "0.0013"]
-    assert all(r.info.status == "FINISHED" and "Set5/psnr" in r.data.metrics for r in swept.values())
+    assert all(
+        r.info.status == "FINISHED" and "Set5/psnr" in r.data.metrics for r in swept.values()
+    )
 
 
 def test_fresh_clone_of_a_committed_result_trains_evaluates_and_registers_again(repo, tmp_path):
@@ -177,15 +256,30 @@ def test_infers_and_an_experiment_share_one_store_at_the_same_time(repo, tmp_pat
     repo, env = repo
     run_id = json.loads((repo / "models" / "mlflow_run.json").read_text())["run_id"]
     srctl = Path(sys.executable).parent / "srctl"
-    exp = subprocess.Popen(["dvc", "exp", "run", "-n", "concurrent", "-S", "train.lr=0.003"], cwd=repo, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    exp = subprocess.Popen(
+        ["dvc", "exp", "run", "-n", "concurrent", "-S", "train.lr=0.003"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     photos = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
     for p in photos:
         shutil.copy(BSDS300 / "images" / "test" / "3096.jpg", p)
     rounds = 0
     while exp.poll() is None and rounds < 6:  # bounded: at most 6 rounds of two parallel calls
-        calls = [subprocess.Popen([srctl, "infer", "--run-id", run_id, str(p), "--force"], cwd=repo, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in photos]
+        calls = [
+            subprocess.Popen(
+                [srctl, "infer", "--run-id", run_id, str(p), "--force"],
+                cwd=repo,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for p in photos
+        ]
         for c in calls:
             _, err = c.communicate(timeout=300)
             assert c.returncode == 0, err
@@ -196,6 +290,8 @@ def test_infers_and_an_experiment_share_one_store_at_the_same_time(repo, tmp_pat
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
-    runs = client.search_runs(client.get_experiment_by_name("srctl").experiment_id,
-                              filter_string="tags.dvc_exp_name = 'concurrent'")
+    runs = client.search_runs(
+        client.get_experiment_by_name("srctl").experiment_id,
+        filter_string="tags.dvc_exp_name = 'concurrent'",
+    )
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"

@@ -2,8 +2,9 @@ import numpy as np
 from PIL import Image
 
 from srctl.color import y_channel
-from srctl.prepare import crop_to_multiple, downscale, load_split
+from srctl.degrade import crop_to_multiple, downscale
 from srctl.download import content_hash
+from srctl.prepare import load_split
 
 
 def test_prepared_pairs_are_aligned_uint8_stacks(prepared_dir, raw_dir):
@@ -25,7 +26,9 @@ def test_lr_is_the_antialiased_bicubic_downscale(prepared_dir, raw_dir):
     np.testing.assert_array_equal(train["hr"][0, 0].numpy(), y_channel(hr))
     np.testing.assert_array_equal(train["lr"][0, 0].numpy(), y_channel(downscale(hr, 3)))
     # antialiased: a 1-pixel checkerboard downscales to flat grey, not to aliased stripes
-    checker = Image.fromarray(((np.indices((90, 90)).sum(0) % 2) * 255).astype(np.uint8)).convert("RGB")
+    checker = Image.fromarray(((np.indices((90, 90)).sum(0) % 2) * 255).astype(np.uint8)).convert(
+        "RGB"
+    )
     small = np.asarray(downscale(checker, 3).convert("L"), dtype=float)
     assert small[2:-2, 2:-2].std() < 30 and abs(small.mean() - 127.5) < 20
 

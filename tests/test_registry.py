@@ -35,7 +35,10 @@ def test_champion_moves_only_to_a_better_model(tmp_path, mlflow_store):
 
     import mlflow
 
-    assert mlflow.MlflowClient().get_model_version_by_alias("espcn-x3", "champion").version == 3
+    client = mlflow.MlflowClient()
+    assert client.get_model_version_by_alias("espcn-x3", "champion").version == 3
+    # the registry page tells versions apart: each has a one-line description with its score
+    assert "BSDS300 test 27.50 dB" in client.get_model_version("espcn-x3", "2").description
     # every way of naming a model resolves to the same weights + config
     for uri in ("models:/espcn-x3@champion", "models:/espcn-x3/3", f"runs:/{first_run}/model"):
         assert (registry.fetch_model(uri) / "config.json").is_file()
@@ -78,8 +81,12 @@ def test_unreachable_tracking_server_fails_before_training(prepared_dir, tmp_pat
         port = s.getsockname()[1]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     started = time.monotonic()
-    with pytest.raises(SrctlError, match=f"MLflow tracking server http://127.0.0.1:{port} is unreachable"):
-        T.train(tiny_params(), prepared_dir, tmp_path / "m", tmp_path / "metrics", tmp_path / "run.json")
+    with pytest.raises(
+        SrctlError, match=f"MLflow tracking server http://127.0.0.1:{port} is unreachable"
+    ):
+        T.train(
+            tiny_params(), prepared_dir, tmp_path / "m", tmp_path / "metrics", tmp_path / "run.json"
+        )
     assert time.monotonic() - started < 30 and not (tmp_path / "m").exists()
 
 

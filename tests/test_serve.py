@@ -1,4 +1,5 @@
-"""`srctl serve` (= `mlflow models serve` on a registered model), driven over real HTTP on 127.0.0.1."""
+"""`srctl serve` (= `mlflow models serve` on a registered model), driven over real HTTP on
+127.0.0.1."""
 
 from __future__ import annotations
 
@@ -19,9 +20,14 @@ from conftest import DATASETS, free_port, start_server, stop_server, tiny_params
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """A registered espcn-x3@champion in a real sqlite store, served by `srctl serve` on a free port."""
+    """A registered espcn-x3@champion in a real sqlite store, served by `srctl serve` on a free
+    port."""
     root = tmp_path_factory.mktemp("serve")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "SRCTL_SERVE_MAX_BYTES": "1500000"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+        "SRCTL_SERVE_MAX_BYTES": "1500000",
+    }
     old = os.environ.copy()
     os.environ.update(env)
     cwd = os.getcwd()
@@ -38,8 +44,21 @@ def server(tmp_path_factory):
         os.environ.update(old)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_server([sys.executable, "-m", "srctl.cli", "serve", "--model", "espcn-x3@champion", "--port", str(port)],
-                        f"{url}/ping", env, root)
+    proc = start_server(
+        [
+            sys.executable,
+            "-m",
+            "srctl.cli",
+            "serve",
+            "--model",
+            "espcn-x3@champion",
+            "--port",
+            str(port),
+        ],
+        f"{url}/ping",
+        env,
+        root,
+    )
     yield url
     stop_server(proc)
 
@@ -53,16 +72,23 @@ def test_serves_on_loopback_only(server):
     import psutil
 
     port = int(server.rsplit(":", 1)[1])
-    listening = {c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port}
+    listening = {
+        c.laddr.ip
+        for c in psutil.net_connections("tcp")
+        if c.status == "LISTEN" and c.laddr.port == port
+    }
     assert listening == {"127.0.0.1"}
 
 
 def test_images_in_base64_pngs_out(server):
-    files = [(DATASETS / "Set5" / "baby.bmp").read_bytes(), (DATASETS / "Set14" / "bridge.bmp").read_bytes()]
+    files = [
+        (DATASETS / "Set5" / "baby.bmp").read_bytes(),
+        (DATASETS / "Set14" / "bridge.bmp").read_bytes(),
+    ]
     res = _post(server, *files)
     assert res.status_code == 200, res.text
     outs = res.json()["predictions"]
-    for raw, b64 in zip(files, outs):
+    for raw, b64 in zip(files, outs, strict=True):
         src, out = Image.open(io.BytesIO(raw)), Image.open(io.BytesIO(base64.b64decode(b64)))
         assert out.format == "PNG" and out.size == (src.width * 3, src.height * 3)
 
@@ -85,7 +111,9 @@ def test_too_many_pixels_is_4xx(server):
 
 
 def test_too_many_bytes_is_4xx(server):
-    noise = Image.effect_noise((1000, 700), 50).convert("RGB")  # 2.1 MB as BMP: over the 1.5 MB set above
+    noise = Image.effect_noise((1000, 700), 50).convert(
+        "RGB"
+    )  # 2.1 MB as BMP: over the 1.5 MB set above
     buf = io.BytesIO()
     noise.save(buf, format="BMP")
     res = _post(server, buf.getvalue())

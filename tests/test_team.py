@@ -1,6 +1,7 @@
-"""The pipeline on a team's engines, as the README says: a real `mlflow server` on 127.0.0.1 (sqlite backend,
-artifacts proxied into a temp folder) holds the runs and the registry; a DVC remote (a local folder) holds
-data and models, so a fresh clone gets the trained model with `dvc pull` instead of retraining."""
+"""The pipeline on a team's engines, as the README says: a real `mlflow server` on 127.0.0.1 (sqlite
+backend, artifacts proxied into a temp folder) holds the runs and the registry; a DVC remote (a
+local folder) holds data and models, so a fresh clone gets the trained model with `dvc pull` instead
+of retraining."""
 
 from __future__ import annotations
 
@@ -25,9 +26,22 @@ BIN = Path(sys.executable).parent
 def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
     url = f"http://127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/server.db",
-           "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
-           "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root}/server.db",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        url.rsplit(":", 1)[1],
+        "--workers",
+        "1",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
     proc = start_server(cmd, f"{url}/health", {**env, "MLFLOW_DISABLE_TELEMETRY": "true"}, root)
     yield url, root
@@ -56,21 +70,37 @@ def test_the_pipeline_logs_and_registers_on_the_server(team_repo, mlflow_server)
 
     repo, _ = team_repo
     url, root = mlflow_server
-    assert not (repo / "mlflow.db").exists() and not (repo / "mlartifacts").exists()  # nothing embedded
+    assert (
+        not (repo / "mlflow.db").exists() and not (repo / "mlartifacts").exists()
+    )  # nothing embedded
     client = mlflow.MlflowClient(tracking_uri=url)
     run = client.get_run(_run_id(repo))
-    assert run.info.status == "FINISHED" and {"psnr", "train_loss", "Set5/psnr"} <= set(run.data.metrics)
-    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")  # proxied: clients need no storage access
+    assert run.info.status == "FINISHED" and {"psnr", "train_loss", "Set5/psnr"} <= set(
+        run.data.metrics
+    )
+    assert run.info.artifact_uri.startswith(
+        "mlflow-artifacts:/"
+    )  # proxied: clients need no storage access
     assert client.get_model_version_by_alias("espcn-x3", "champion").run_id == run.info.run_id
-    assert list((root / "artifacts").rglob("model.safetensors"))  # the bytes landed on the server's side
+    assert list(
+        (root / "artifacts").rglob("model.safetensors")
+    )  # the bytes landed on the server's side
     assert len(list((root / "artifacts").rglob("samples/*.png"))) == 3
 
 
 def test_infer_loads_the_model_back_through_the_server(team_repo, tmp_path, photo):
     repo, env = team_repo
-    env = {**env, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # nothing cached: the download goes through the server
-    res = subprocess.run([BIN / "srctl", "infer", "--run-id", _run_id(repo), str(photo)], cwd=repo, env=env,
-                         capture_output=True, text=True)
+    env = {
+        **env,
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }  # nothing cached: the download goes through the server
+    res = subprocess.run(
+        [BIN / "srctl", "infer", "--run-id", _run_id(repo), str(photo)],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
     small, big = Image.open(photo), Image.open(tmp_path / "photo_x3.png")
     assert big.size == (small.width * 3, small.height * 3)
@@ -79,24 +109,48 @@ def test_infer_loads_the_model_back_through_the_server(team_repo, tmp_path, phot
 def test_serve_the_champion_registered_on_the_server(team_repo, photo):
     repo, env = team_repo
     url = f"http://127.0.0.1:{free_port()}"
-    proc = start_server([sys.executable, "-m", "srctl.cli", "serve", "--model", "espcn-x3@champion", "--port",
-                         url.rsplit(":", 1)[1]], f"{url}/ping", env, repo)
+    proc = start_server(
+        [
+            sys.executable,
+            "-m",
+            "srctl.cli",
+            "serve",
+            "--model",
+            "espcn-x3@champion",
+            "--port",
+            url.rsplit(":", 1)[1],
+        ],
+        f"{url}/ping",
+        env,
+        repo,
+    )
     try:
         raw = photo.read_bytes()
-        res = requests.post(f"{url}/invocations", json={"inputs": [base64.b64encode(raw).decode()]}, timeout=120)
+        res = requests.post(
+            f"{url}/invocations", json={"inputs": [base64.b64encode(raw).decode()]}, timeout=120
+        )
     finally:
         stop_server(proc)
     assert res.status_code == 200, res.text
     out = Image.open(io.BytesIO(base64.b64decode(res.json()["predictions"][0])))
-    assert out.size == (Image.open(io.BytesIO(raw)).width * 3, Image.open(io.BytesIO(raw)).height * 3)
+    assert out.size == (
+        Image.open(io.BytesIO(raw)).width * 3,
+        Image.open(io.BytesIO(raw)).height * 3,
+    )
 
 
 def test_a_fresh_clone_pulls_the_trained_model_from_a_dvc_remote(team_repo, tmp_path, photo):
-    """`dvc remote add -d` + `dvc push` in the repo; a clone + `dvc pull` is up to date (nothing to retrain)
-    and `srctl infer --model-dir models/espcn` works there with no MLflow store at all."""
+    """`dvc remote add -d` + `dvc push` in the repo; a clone + `dvc pull` is up to date (nothing to
+    retrain) and `srctl infer --model-dir models/espcn` works there with no MLflow store at all."""
     repo, env = team_repo
-    run = lambda *a, cwd, env=env: subprocess.run(a, cwd=cwd, env=env, capture_output=True, text=True)  # noqa: E731
-    assert run("dvc", "remote", "add", "-d", "team", str(tmp_path / "remote"), cwd=repo).returncode == 0
+
+    def run(*a, cwd, env=env):
+        return subprocess.run(a, cwd=cwd, env=env, capture_output=True, text=True)
+
+    assert (
+        run("dvc", "remote", "add", "-d", "team", str(tmp_path / "remote"), cwd=repo).returncode
+        == 0
+    )
     res = run("dvc", "push", cwd=repo)
     assert res.returncode == 0, res.stdout + res.stderr
     git = lambda *a, cwd=repo: subprocess.run(["git", *a], cwd=cwd, check=True, capture_output=True)  # noqa: E731
@@ -105,17 +159,30 @@ def test_a_fresh_clone_pulls_the_trained_model_from_a_dvc_remote(team_repo, tmp_
     clone = tmp_path / "clone"
     git("clone", "-q", str(repo), str(clone))
 
-    offline = {k: v for k, v in env.items() if k not in ("MLFLOW_TRACKING_URI", "SRCTL_DATA_MIRROR")}
+    offline = {
+        k: v for k, v in env.items() if k not in ("MLFLOW_TRACKING_URI", "SRCTL_DATA_MIRROR")
+    }
     offline["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     res = run("dvc", "pull", cwd=clone, env=offline)
     assert res.returncode == 0, res.stdout + res.stderr
     weights = "models/espcn/model.safetensors"
     assert (clone / weights).read_bytes() == (repo / weights).read_bytes()
-    res = run("dvc", "repro", cwd=clone, env=offline)  # would retrain if anything were missing or stale
+    res = run(
+        "dvc", "repro", cwd=clone, env=offline
+    )  # would retrain if anything were missing or stale
     assert res.returncode == 0 and "Running stage" not in res.stdout, res.stdout + res.stderr
 
-    res = run(BIN / "srctl", "infer", str(photo), cwd=clone, env=offline)  # no store here: the error says what to do
-    assert res.returncode == 1 and res.stderr.strip().endswith("--model-dir models/espcn"), res.stderr
-    res = run(BIN / "srctl", "infer", "--model-dir", "models/espcn", str(photo), cwd=clone, env=offline)
+    res = run(
+        BIN / "srctl", "infer", str(photo), cwd=clone, env=offline
+    )  # no store here: the error says what to do
+    assert res.returncode == 1 and res.stderr.strip().endswith("--model-dir models/espcn"), (
+        res.stderr
+    )
+    res = run(
+        BIN / "srctl", "infer", "--model-dir", "models/espcn", str(photo), cwd=clone, env=offline
+    )
     assert res.returncode == 0, res.stderr
-    assert Image.open(tmp_path / "photo_x3.png").size == (Image.open(photo).width * 3, Image.open(photo).height * 3)
+    assert Image.open(tmp_path / "photo_x3.png").size == (
+        Image.open(photo).width * 3,
+        Image.open(photo).height * 3,
+    )

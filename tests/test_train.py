@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,12 +29,18 @@ def test_patches_are_aligned_with_their_hr_blocks(prepared_dir):
     assert a.shape == (16, 1, 7, 7) and b.shape == (16, 1, 21, 21)
     # each LR pixel is (nearly) the mean of its 3x3 HR block; a one-pixel shift would break that
     assert (F.avg_pool2d(b, 3) - a).abs().mean() < 0.02
-    assert (F.avg_pool2d(b, 3)[..., 1:] - a[..., :-1]).abs().mean() > 2 * (F.avg_pool2d(b, 3) - a).abs().mean()
+    assert (F.avg_pool2d(b, 3)[..., 1:] - a[..., :-1]).abs().mean() > 2 * (
+        F.avg_pool2d(b, 3) - a
+    ).abs().mean()
 
 
 def test_every_ddp_rank_draws_its_own_patches(prepared_dir):
     data, _ = load_split(prepared_dir, "train")
-    draw = lambda rank: T.sample_patches(data["lr"], data["hr"], 8, 17, 3, *T.rank_streams(0, rank, torch.device("cpu")))[0]  # noqa: E731
+
+    def draw(rank):
+        streams = T.rank_streams(0, rank, torch.device("cpu"))
+        return T.sample_patches(data["lr"], data["hr"], 8, 17, 3, *streams)[0]
+
     assert not torch.equal(draw(0), draw(1))
     assert torch.equal(draw(1), draw(1))  # each rank's stream is reproducible
 
@@ -67,7 +74,9 @@ def test_training_logs_to_mlflow_and_is_reproducible(prepared_dir, tmp_path, mlf
 
 
 def test_loss_falls(prepared_dir, tmp_path, mlflow_store):
-    summary, out = _run(tiny_params(epochs=3, steps_per_epoch=40, batch_size=16), prepared_dir, tmp_path, "c")
+    summary, out = _run(
+        tiny_params(epochs=3, steps_per_epoch=40, batch_size=16), prepared_dir, tmp_path, "c"
+    )
     rows = (out / "metrics" / "train_log.csv").read_text().splitlines()[1:]
     losses = [float(r.split(",")[1]) for r in rows]
     assert losses[-1] < losses[0]
@@ -88,9 +97,16 @@ def test_patch_larger_than_images_is_refused(prepared_dir, tmp_path, mlflow_stor
         _run(tiny_params(patch_size=500), prepared_dir, tmp_path, "e")
 
 
-# --- interruption and resume, with real signals to a real `python -m srctl.train` ----------------------
+# --- interruption and resume, with real signals to a real `python -m srctl.train`
+# ----------------------
 
-RESUMABLE = {"epochs": 4, "steps_per_epoch": 300, "batch_size": 16, "patch_size": 17, "compile": "never"}
+RESUMABLE = {
+    "epochs": 4,
+    "steps_per_epoch": 300,
+    "batch_size": 16,
+    "patch_size": 17,
+    "compile": "never",
+}
 
 
 def _project(root, prepared_dir, **train):
@@ -107,18 +123,31 @@ def _project(root, prepared_dir, **train):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train"].update({**RESUMABLE, **train})
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+        "PYTHONUNBUFFERED": "1",
+    }
     return root, env
 
 
 def _train_cmd(root, env):
-    return subprocess.run([sys.executable, "-m", "srctl.train"], cwd=root, env=env, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "srctl.train"], cwd=root, env=env, capture_output=True, text=True
+    )
 
 
 def _interrupt_after_epoch_1(root, env, sig) -> tuple[int, str, str]:
-    """Start the stage, send `sig` once epoch 1 is checkpointed (mid-epoch 2); its exit code and output."""
-    proc = subprocess.Popen([sys.executable, "-m", "srctl.train"], cwd=root, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    """Start the stage, send `sig` once epoch 1 is checkpointed (mid-epoch 2); its exit code and
+    output."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "srctl.train"],
+        cwd=root,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     checkpoint = root / "models" / T.CHECKPOINT
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -133,11 +162,21 @@ def uninterrupted(prepared_dir, tmp_path_factory):
     root, env = _project(tmp_path_factory.mktemp("ref") / "p", prepared_dir)
     res = _train_cmd(root, env)
     assert res.returncode == 0, res.stderr
+    # progress people can plan with: every epoch says how long it took and how long the rest will
+    # take
+    epoch_line = (
+        r"^epoch 1/4: loss [\d.]+, test PSNR [\d.]+ dB, [\d.]+ s/epoch, (\d+ min )?\d+ s left$"
+    )
+    assert re.search(epoch_line, res.stdout, re.M), res.stdout
     return root
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "sigterm", "crash"])
-def test_interrupted_training_resumes_to_the_same_result(prepared_dir, tmp_path, uninterrupted, sig):
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "sigterm", "crash"]
+)
+def test_interrupted_training_resumes_to_the_same_result(
+    prepared_dir, tmp_path, uninterrupted, sig
+):
     import mlflow
 
     root, env = _project(tmp_path / "p", prepared_dir)
@@ -147,7 +186,9 @@ def test_interrupted_training_resumes_to_the_same_result(prepared_dir, tmp_path,
     assert checkpoint.exists() and not (root / "models" / "espcn").exists()
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     (run,) = client.search_runs(client.get_experiment_by_name("srctl").experiment_id)
-    assert run.info.status == ("RUNNING" if sig == signal.SIGKILL else "KILLED")  # SIGKILL can't be caught
+    assert run.info.status == (
+        "RUNNING" if sig == signal.SIGKILL else "KILLED"
+    )  # SIGKILL can't be caught
     if sig != signal.SIGKILL:
         assert err.strip().splitlines()[-1].startswith("error: interrupted")
 
@@ -156,14 +197,21 @@ def test_interrupted_training_resumes_to_the_same_result(prepared_dir, tmp_path,
     assert "train: resuming after epoch" in res.stdout
     assert not checkpoint.exists()
     ref = uninterrupted / "models"
-    assert (root / "models" / "espcn" / M.WEIGHTS).read_bytes() == (ref / "espcn" / M.WEIGHTS).read_bytes()
+    assert (root / "models" / "espcn" / M.WEIGHTS).read_bytes() == (
+        ref / "espcn" / M.WEIGHTS
+    ).read_bytes()
     psnr = json.loads((root / "metrics" / "train.json").read_text())["final_test_psnr"]
-    assert psnr == pytest.approx(json.loads((uninterrupted / "metrics" / "train.json").read_text())["final_test_psnr"], abs=0.01)
+    assert psnr == pytest.approx(
+        json.loads((uninterrupted / "metrics" / "train.json").read_text())["final_test_psnr"],
+        abs=0.01,
+    )
     resumed = client.get_run(run.info.run_id)  # the same MLflow run carries on
     assert resumed.info.status == "FINISHED" and "train_seconds" in resumed.data.metrics
 
 
-def test_a_checkpoint_of_other_params_or_damaged_is_not_resumed(prepared_dir, tmp_path, mlflow_store, capsys):
+def test_a_checkpoint_of_other_params_or_damaged_is_not_resumed(
+    prepared_dir, tmp_path, mlflow_store, capsys
+):
     params = tiny_params()
     (tmp_path / "x").mkdir()
     ckpt = tmp_path / "x" / T.CHECKPOINT
@@ -198,6 +246,7 @@ def test_the_default_compiled_training(prepared_dir, tmp_path):
     root, env = _project(tmp_path / "p", prepared_dir, epochs=1, steps_per_epoch=30, compile="auto")
     res = _train_cmd(root, env)
     assert res.returncode == 0, res.stderr
+    assert "No CUDA runtime" not in res.stderr  # torch's C++ builder warns so on CPU-only machines
     summary = json.loads((root / "metrics" / "train.json").read_text())
     assert summary["compiled"] is True  # CI's machines have the C++ compiler Inductor needs
     assert M.load(root / "models" / "espcn")(torch.rand(1, 1, 5, 5)).shape == (1, 1, 15, 15)
@@ -205,19 +254,34 @@ def test_the_default_compiled_training(prepared_dir, tmp_path):
 
 @pytest.mark.parametrize("how", ["train.processes", "torchrun"])
 def test_ddp_training_with_two_cpu_processes(prepared_dir, tmp_path, how):
-    """DDP on CPU (gloo) as the README says: `train.processes: 2` in params.yaml (what the DVC stage runs),
-    or `torchrun --nproc_per_node=2 -m srctl.train`. One MLflow run, one model, and the loss falls."""
+    """DDP on CPU (gloo) as the README says: `train.processes: 2` in params.yaml (what the DVC stage
+    runs), or `torchrun --nproc_per_node=2 -m srctl.train`. One MLflow run, one model, and the loss
+    falls."""
     import mlflow
 
     processes = 2 if how == "train.processes" else 1  # under torchrun, torchrun decides
-    root, env = _project(tmp_path / "p", prepared_dir, epochs=3, steps_per_epoch=40, batch_size=16, processes=processes)
+    root, env = _project(
+        tmp_path / "p",
+        prepared_dir,
+        epochs=3,
+        steps_per_epoch=40,
+        batch_size=16,
+        processes=processes,
+    )
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2"]
-    cmd = [*torchrun, "-m", "srctl.train"] if how == "torchrun" else [sys.executable, "-m", "srctl.train"]
+    cmd = (
+        [*torchrun, "-m", "srctl.train"]
+        if how == "torchrun"
+        else [sys.executable, "-m", "srctl.train"]
+    )
     res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     summary = json.loads((root / "metrics" / "train.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 120
-    losses = [float(r.split(",")[1]) for r in (root / "metrics" / "train_log.csv").read_text().splitlines()[1:]]
+    losses = [
+        float(r.split(",")[1])
+        for r in (root / "metrics" / "train_log.csv").read_text().splitlines()[1:]
+    ]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert res.stdout.count("epoch 3/3") == 1  # rank 0 alone reports
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
@@ -229,8 +293,9 @@ def test_ddp_training_with_two_cpu_processes(prepared_dir, tmp_path, how):
 
 
 def test_an_interrupted_ddp_run_resumes_to_the_same_result(prepared_dir, tmp_path):
-    """SIGTERM to the stage running 2 DDP ranks: torchrun stops both, the run is KILLED, the checkpoint
-    (with both ranks' random streams) stays; the next run resumes to the uninterrupted run's weights."""
+    """SIGTERM to the stage running 2 DDP ranks: torchrun stops both, the run is KILLED, the
+    checkpoint (with both ranks' random streams) stays; the next run resumes to the uninterrupted
+    run's weights."""
     import mlflow
 
     ref, env = _project(tmp_path / "ref", prepared_dir, processes=2)

@@ -34,7 +34,9 @@ def _make_clip(path, frames=10, size=(48, 32)):
         t = np.arange(16000 * frames // RATE) / 16000
         samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
         for start in range(0, samples.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start : start + 1024]), format="fltp", layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(samples[:, start : start + 1024]), format="fltp", layout="mono"
+            )
             frame.sample_rate = 16000
             out.mux(a.encode(frame))
         out.mux(a.encode(None))
@@ -55,7 +57,9 @@ def clip(tmp_path_factory):
 def test_frames_equal_infer_audio_copied_rate_kept(clip, tmp_path):
     net = M.ESPCN(3).eval()
     out = tmp_path / "big.mov"
-    stats = upscale_video(clip, out, net, codec="png", batch=4)  # lossless codec: frames comparable exactly
+    stats = upscale_video(
+        clip, out, net, codec="png", batch=4
+    )  # lossless codec: frames comparable exactly
     assert stats["frames"] == 10 and stats["size"] == (144, 96)
     for src, got in zip(_frames(clip), _frames(out), strict=True):
         want = np.asarray(upscale_image(net, src), dtype=int)
@@ -69,8 +73,22 @@ def test_frames_equal_infer_audio_copied_rate_kept(clip, tmp_path):
 
 def test_default_h264_and_bad_inputs_through_the_cli(clip, tmp_path, logged_model_store):
     store, run_id = logged_model_store
-    res = subprocess.run([sys.executable, "-m", "srctl.cli", "video", str(clip), "-o", str(tmp_path / "o.mp4"),
-                          "--run-id", run_id], cwd=store, capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "srctl.cli",
+            "video",
+            str(clip),
+            "-o",
+            str(tmp_path / "o.mp4"),
+            "--run-id",
+            run_id,
+        ],
+        cwd=store,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
     assert "10 frames, 144x96" in res.stdout
     with av.open(str(tmp_path / "o.mp4")) as f:
@@ -78,8 +96,15 @@ def test_default_h264_and_bad_inputs_through_the_cli(clip, tmp_path, logged_mode
 
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"this is no video")
-    res = subprocess.run([sys.executable, "-m", "srctl.cli", "video", str(bad), "--run-id", run_id], cwd=store,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "srctl.cli", "video", str(bad), "--run-id", run_id],
+        cwd=store,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 1 and res.stderr.startswith(f"error: {bad}: not a readable video")
     assert len(res.stderr.strip().splitlines()) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4", "o.mp4"]  # nothing half-written
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bad.mp4",
+        "o.mp4",
+    ]  # nothing half-written

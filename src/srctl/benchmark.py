@@ -1,8 +1,8 @@
 """Stage `benchmark`: the model and bicubic on the SR literature's test sets (Set5, Set14, BSD100).
 
-Scored exactly as `evaluate` scores BSDS300 (see evaluate.py), at the model's scale. A set whose folder
-is missing is reported as absent, never silently dropped. Also `srctl benchmark` for any logged model.
-"""
+Scored exactly as `evaluate` scores BSDS300 (see evaluate.py), at the model's scale. A set whose
+folder is missing is reported as absent, never silently dropped. Also `srctl benchmark` for any
+logged model."""
 
 from __future__ import annotations
 
@@ -11,16 +11,17 @@ from pathlib import Path
 from srctl import model as M
 from srctl import params as P
 from srctl import registry
-from srctl.errors import run_stage
+from srctl.device import pick_device
+from srctl.errors import SrctlError, run_main
 from srctl.evaluate import evaluate
 from srctl.files import write_json
-from srctl.infer import pick_device
 
 IMAGES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".ppm"}
 
 
 def set_folders(params: P.Params, root: Path) -> dict[str, Path]:
-    """params.yaml's benchmark sets, relative paths taken from `root` (the repo, see params.repo_root)."""
+    """params.yaml's benchmark sets, relative paths taken from `root` (the repo, see
+    params.repo_root)."""
     return {name: root / folder for name, folder in params.benchmark.sets.items()}
 
 
@@ -28,7 +29,11 @@ def benchmark(net: M.ESPCN, sets: dict[str, Path]) -> dict[str, dict | None]:
     """Per set: mean PSNR/SSIM of the model and of bicubic, and the image count; None if absent."""
     results: dict[str, dict | None] = {}
     for name, folder in sets.items():
-        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGES) if folder.is_dir() else []
+        paths = (
+            sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGES)
+            if folder.is_dir()
+            else []
+        )
         results[name] = {**evaluate(net, paths)[0], "images": len(paths)} if paths else None
     return results
 
@@ -40,6 +45,7 @@ def flat(results: dict[str, dict | None]) -> dict[str, float]:
 
 def table(results: dict[str, dict | None], scale: int, label: str = "ESPCN") -> str:
     """A Markdown table, PSNR (dB) / SSIM per set: the bicubic row, then the model's."""
+
     def cell(r, prefix):
         return f"{r[prefix + 'psnr']:.2f} / {r[prefix + 'ssim']:.4f}" if r else "absent"
 
@@ -53,19 +59,41 @@ def table(results: dict[str, dict | None], scale: int, label: str = "ESPCN") -> 
 
 
 def report(results: dict[str, dict | None], sets: dict[str, Path], scale: int, label: str) -> str:
-    absent = [f"{name}: absent (no images in {sets[name]})" for name, r in results.items() if r is None]
+    absent = [
+        f"{name}: absent (no images in {sets[name]})" for name, r in results.items() if r is None
+    ]
     return "\n".join([table(results, scale, label), *absent])
 
 
+def benchmark_model(
+    run_id: str | None, model: str | None, model_dir: Path | None, device: str | None, log: bool
+) -> str:
+    """`srctl benchmark`: the report for the model the user named; its numbers are logged into the
+    MLflow run that made it (unless `log` is off or the model is a plain folder)."""
+    source = None if model_dir else registry.run_of(registry.chosen_model_uri(run_id, model))
+    net = M.load(registry.model_folder(run_id, model, model_dir), pick_device(device))
+    try:
+        params, root = P.load(), P.repo_root()
+    except SrctlError:  # outside a project checkout: the default set folders, from here
+        params, root = P.Params(), Path.cwd()
+    sets = set_folders(params, root)
+    results = benchmark(net, sets)
+    if log and source:
+        registry.log_evaluation(source, flat(results), {})
+    label = f"ESPCN (run {source[:8]})" if source else f"ESPCN ({model_dir})"
+    return report(results, sets, net.scale, label)
+
+
 def main() -> None:
-    params, root = P.load(), P.project_root()
-    net = M.load(root / "models" / "espcn", pick_device())
+    params, where = P.load(), P.paths()
+    net = M.load(where.model, pick_device())
     sets = set_folders(params, P.repo_root())  # not the copy `dvc exp run --temp/--queue` works in
     results = benchmark(net, sets)
-    write_json(root / "metrics" / "benchmark.json", {"scale": net.scale, **{k: v or {"images": 0} for k, v in results.items()}})
-    registry.log_evaluation(registry.read_run(root)["run_id"], flat(results), {})
+    absent_as_zero = {k: v or {"images": 0} for k, v in results.items()}
+    write_json(where.metrics / "benchmark.json", {"scale": net.scale, **absent_as_zero})
+    registry.log_evaluation(registry.read_run(where.run_file)["run_id"], flat(results), {})
     print(report(results, sets, net.scale, "ESPCN (this run)"))
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_main(main)

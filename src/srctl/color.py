@@ -11,7 +11,9 @@ import torch
 from PIL import Image
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+_TO_YCBCR = torch.tensor(
+    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]
+)
 _TO_RGB = torch.linalg.inv(_TO_YCBCR)
 _OFFSET = torch.tensor([0.0, 128.0, 128.0])
 
@@ -22,7 +24,9 @@ def _content_and_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | Non
     16-bit greyscale is scaled to 8 bits; palette, CMYK, 1-bit, LAB... are converted to RGB.
     """
     if img.mode in _SIXTEEN_BIT:
-        img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257).clip(0, 255).round().astype(np.uint8))
+        img = Image.fromarray(
+            (np.asarray(img, dtype=np.float64) / 257).clip(0, 255).round().astype(np.uint8)
+        )
     elif img.mode == "F":
         img = Image.fromarray(np.asarray(img).clip(0, 255).round().astype(np.uint8))
     elif img.mode == "P":
@@ -51,7 +55,9 @@ def to_image(t: torch.Tensor) -> Image.Image:
     return Image.fromarray(t.permute(1, 2, 0).squeeze(-1).cpu().numpy(), mode)
 
 
-def _affine(x: torch.Tensor, matrix: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+def _affine(
+    x: torch.Tensor, matrix: torch.Tensor, before: torch.Tensor, after: torch.Tensor
+) -> torch.Tensor:
     m, b, a = (v.to(x.device) for v in (matrix, before, after))
     return torch.einsum("ij,njhw->nihw", m, x - b[:, None, None]) + a[:, None, None]
 
@@ -71,17 +77,23 @@ def y_channel(img: Image.Image) -> np.ndarray:
     return y.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-# Studio-range BT.601 (Y in 16..235): the SR literature's PSNR channel, and what FFmpeg's swscale uses
+# Studio-range BT.601 (Y in 16..235): the SR literature's PSNR channel, and what FFmpeg's swscale
+# uses
 # for RGB -> yuv420p when nothing else is said. Rows Y, Cb, Cr; times R, G, B in 0..255, over 255.
 BT601_STUDIO = ((65.481, 128.553, 24.966), (-37.797, -74.203, 112.0), (112.0, -93.786, -18.214))
 _TO_YUV = torch.tensor(BT601_STUDIO) / 255
 
 
 def rgb_to_yuv420p(rgb: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, 3, H, W] RGB (H, W even) -> uint8 [N, H*3/2, W]: the Y, U, V planes of yuv420p frames,
-    laid out as PyAV's VideoFrame.from_ndarray(format="yuv420p") takes them. Chroma: 2x2 means."""
+    """uint8 [N, 3, H, W] RGB (H, W even) -> uint8 [N, H*3/2, W]: the Y, U, V planes of yuv420p
+    frames, laid out as PyAV's VideoFrame.from_ndarray(format="yuv420p") takes them. Chroma: 2x2
+    means."""
     n, _, h, w = rgb.shape
     yuv = _affine(rgb.float(), _TO_YUV, torch.zeros(3), torch.tensor([16.0, 128.0, 128.0]))
     uv = torch.nn.functional.avg_pool2d(yuv[:, 1:], 2)
-    planes = [yuv[:, 0].reshape(n, h, w), uv[:, 0].reshape(n, h // 4, w), uv[:, 1].reshape(n, h // 4, w)]
+    planes = [
+        yuv[:, 0].reshape(n, h, w),
+        uv[:, 0].reshape(n, h // 4, w),
+        uv[:, 1].reshape(n, h // 4, w),
+    ]
     return torch.cat(planes, 1).round_().clamp_(0, 255).to(torch.uint8)

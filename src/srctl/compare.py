@@ -2,25 +2,51 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from PIL import Image, ImageDraw
 
 from srctl import model as M
-from srctl.infer import upscale_image
+from srctl.infer import open_image, output_paths, save_image, upscale_image
 
 
 def compare_picture(net: M.ESPCN, img: Image.Image, zoom: int = 3) -> Image.Image:
-    """`img` upscaled by bicubic (left) and by `net` (right), with a zoomed centre crop of each below."""
+    """`img` upscaled by bicubic (left) and by `net` (right), with a zoomed centre crop of each
+    below."""
     img = img.convert("RGB")
     sr = upscale_image(net, img)
     bicubic = img.resize(sr.size, Image.Resampling.BICUBIC)
     w, h = sr.size
-    cw, ch = max(w // (2 * zoom), 1), max(h // (2 * zoom), 1)  # crop so that zoomed it fills half the width
+    cw, ch = (
+        max(w // (2 * zoom), 1),
+        max(h // (2 * zoom), 1),
+    )  # crop so that zoomed it fills half the width
     box = ((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch)
     sheet = Image.new("RGB", (2 * w, h + ch * zoom), "white")
     for i, (part, label) in enumerate(((bicubic, "bicubic"), (sr, f"ESPCN x{net.scale}"))):
         sheet.paste(part, (i * w, 0))
-        sheet.paste(part.crop(box).resize((cw * zoom, ch * zoom), Image.Resampling.NEAREST), (i * w, h))
+        sheet.paste(
+            part.crop(box).resize((cw * zoom, ch * zoom), Image.Resampling.NEAREST), (i * w, h)
+        )
         draw = ImageDraw.Draw(sheet)
         draw.rectangle((i * w + box[0], box[1], i * w + box[2], box[3]), outline=(255, 0, 0))
         draw.text((i * w + 4, 4), label, fill=(255, 255, 0))
     return sheet
+
+
+def write_comparison(
+    image: Path, output: Path | None, force: bool, load_net: Callable[[], M.ESPCN]
+) -> tuple[Path, Image.Image]:
+    """The comparison picture of `image`, written to `output` (default: <stem>_compare.png beside
+    it).
+
+    The image and the output path are checked before `load_net` fetches the model."""
+    img = open_image(image)
+    dst = output or image.with_name(f"{image.stem}_compare.png")
+    output_paths(
+        [image], dst, 1, force
+    )  # the same refusals as infer: never the input, no clobbering
+    sheet = compare_picture(load_net(), img)
+    save_image(sheet, dst)
+    return dst, sheet

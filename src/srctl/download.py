@@ -1,4 +1,5 @@
-"""Stage `download`: BSDS300 from the official URL or a local mirror, verified, extracted atomically.
+"""Stage `download`: BSDS300 from the official URL or a local mirror, verified, extracted
+atomically.
 
 Verification uses one content hash that holds for the tarball and for an extracted copy alike:
 sha256 over the 300 JPEGs sorted by `BSDS300/images/<split>/<id>.jpg`, feeding name + NUL + bytes.
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 from srctl import params as P
-from srctl.errors import SrctlError, run_stage
+from srctl.errors import SrctlError, run_main
 from srctl.files import atomic_dir
 
 MIRROR_ENV = "SRCTL_DATA_MIRROR"
@@ -22,7 +23,9 @@ MIRROR_ENV = "SRCTL_DATA_MIRROR"
 
 def content_hash(dataset: Path) -> str:
     """The BSDS300 content hash of an extracted `BSDS300/` folder."""
-    files = sorted((f"BSDS300/images/{p.parent.name}/{p.name}", p) for p in dataset.glob("images/*/*.jpg"))
+    files = sorted(
+        (f"BSDS300/images/{p.parent.name}/{p.name}", p) for p in dataset.glob("images/*/*.jpg")
+    )
     digest = hashlib.sha256()
     for name, path in files:
         digest.update(name.encode() + b"\0" + path.read_bytes())
@@ -45,14 +48,22 @@ def fetch(url: str, dest: Path, retries: int, timeout_s: float, backoff_s: float
                 if resp.status_code >= 500 or resp.status_code == 429:
                     raise requests.ConnectionError(f"HTTP {resp.status_code} {resp.reason}")
                 if resp.status_code >= 400:
-                    raise SrctlError(f"cannot download {url}: HTTP {resp.status_code} {resp.reason}")
+                    raise SrctlError(
+                        f"cannot download {url}: HTTP {resp.status_code} {resp.reason}"
+                    )
                 if "text/html" in resp.headers.get("Content-Type", ""):
-                    raise SrctlError(f"cannot download {url}: the server sent an HTML page, not the archive")
+                    raise SrctlError(
+                        f"cannot download {url}: the server sent an HTML page, not the archive"
+                    )
                 with open(dest, "wb") as out:
                     for chunk in resp.iter_content(chunk_size=1 << 20):
                         out.write(chunk)
             return
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+        ) as exc:
             reason = _first_line(exc)
         if attempt < retries:
             time.sleep(backoff_s * 2 ** (attempt - 1))
@@ -63,7 +74,8 @@ def fetch(url: str, dest: Path, retries: int, timeout_s: float, backoff_s: float
 
 
 def extract(archive: Path, dest: Path) -> None:
-    """Extract a .tgz into `dest`, refusing links, devices and any member that would land outside it."""
+    """Extract a .tgz into `dest`, refusing links, devices and any member that would land outside
+    it."""
     try:
         with tarfile.open(archive, "r:gz") as tar:
             members = tar.getmembers()
@@ -75,14 +87,18 @@ def extract(archive: Path, dest: Path) -> None:
                     raise SrctlError(f"{archive.name}: refusing link or special member {m.name!r}")
             tar.extractall(dest, members=members, filter="data")
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise SrctlError(f"{archive.name}: not a readable .tgz archive ({_first_line(exc)})") from exc
+        raise SrctlError(
+            f"{archive.name}: not a readable .tgz archive ({_first_line(exc)})"
+        ) from exc
 
 
-def download(cfg: P.Download, raw_dir: Path, mirror: str | None = None, backoff_s: float = 1.0) -> str:
-    """Fill `raw_dir/BSDS300` from `mirror` (folder or .tgz) or the URL; returns the verified content hash.
+def download(
+    cfg: P.Download, raw_dir: Path, mirror: str | None = None, backoff_s: float = 1.0
+) -> str:
+    """Fill `raw_dir/BSDS300` from `mirror` (folder or .tgz) or the URL; returns the verified
+    content hash.
 
-    `raw_dir` is replaced only after verification succeeds: a failure leaves it as it was.
-    """
+    `raw_dir` is replaced only after verification succeeds: a failure leaves it as it was."""
     with atomic_dir(raw_dir) as tmp:
         if mirror:
             source = Path(mirror).expanduser()
@@ -103,15 +119,16 @@ def download(cfg: P.Download, raw_dir: Path, mirror: str | None = None, backoff_
             raise SrctlError(f"{source}: no BSDS300/ folder in it")
         got = content_hash(dataset)
         if got != cfg.content_sha256:
-            raise SrctlError(f"{source}: content sha256 {got} does not match the expected {cfg.content_sha256}")
+            raise SrctlError(
+                f"{source}: content sha256 {got} does not match the expected {cfg.content_sha256}"
+            )
     return got
 
 
 def main() -> None:
-    root = P.project_root()
-    digest = download(P.load().download, root / "data" / "raw", os.environ.get(MIRROR_ENV))
+    digest = download(P.load().download, P.paths().raw, os.environ.get(MIRROR_ENV))
     print(f"download: BSDS300 verified (content sha256 {digest[:16]}...) in data/raw/BSDS300")
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_main(main)

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 class SrctlError(Exception):
-    """An error the user can act on; its message is the whole story."""
+    """An error the user can act on; its message is the whole story (one line per problem)."""
 
 
-def run_stage(main: Callable[[], object]) -> None:
-    """Entry point of a pipeline stage (`python -m srctl.<stage>`)."""
+def run_main(entry: Callable[[], object]) -> None:
+    """Run a pipeline stage's main or the `srctl` command line: an SrctlError ends as `error:` lines
+    on stderr and exit status 1, Ctrl-C as one line and 130."""
     try:
-        main()
+        entry()
     except SrctlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:
+            print(f"error: {line}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("error: interrupted (a stage that keeps a checkpoint resumes from it on the next run)", file=sys.stderr)
+        print(
+            "error: interrupted (a stage that keeps a checkpoint resumes from it on the next run)",
+            file=sys.stderr,
+        )
         sys.exit(130)

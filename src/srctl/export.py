@@ -9,9 +9,18 @@ import torch
 from PIL import Image
 
 from srctl import model as M
+from srctl import params as P
 from srctl.color import y_channel
 from srctl.errors import SrctlError
 from srctl.files import atomic_path
+
+
+def default_check_image() -> Path:
+    """The first BSDS300 test image in data/raw: a real photo to compare the runtimes on."""
+    found = sorted((P.paths().dataset / "images" / "test").glob("*.jpg"))
+    if not found:
+        raise SrctlError("no BSDS300 test image in data/raw: give --check-image")
+    return found[0]
 
 
 def export_onnx(net: M.ESPCN, path: Path, check_image: Path) -> float:
@@ -21,10 +30,22 @@ def export_onnx(net: M.ESPCN, path: Path, check_image: Path) -> float:
     import onnxruntime
 
     net = net.cpu().eval()
-    dims = {0: torch.export.Dim("n", min=1, max=1024), 2: torch.export.Dim("h", min=8), 3: torch.export.Dim("w", min=8)}
+    dims = {
+        0: torch.export.Dim("n", min=1, max=1024),
+        2: torch.export.Dim("h", min=8),
+        3: torch.export.Dim("w", min=8),
+    }
     with atomic_path(path) as tmp:
-        torch.onnx.export(net, (torch.rand(1, 1, 32, 48),), str(tmp), input_names=["y"], output_names=["y_sr"],
-                          dynamic_shapes={"y": dims}, dynamo=True, external_data=False)
+        torch.onnx.export(
+            net,
+            (torch.rand(1, 1, 32, 48),),
+            str(tmp),
+            input_names=["y"],
+            output_names=["y_sr"],
+            dynamic_shapes={"y": dims},
+            dynamo=True,
+            external_data=False,
+        )
         y = torch.from_numpy(y_channel(Image.open(check_image))).float().div(255)[None, None]
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         got = session.run(None, {"y": y.numpy()})[0]

@@ -22,17 +22,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from srctl import model as M
 from srctl.color import rgb_to_ycbcr, to_image, to_tensor, ycbcr_to_rgb
+from srctl.device import pick_device
 from srctl.errors import SrctlError
 from srctl.files import atomic_path
-
-
-def pick_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
 
 TILE = 512  # LR pixels per tile side: memory stays bounded whatever the image size
 BATCH = 8  # same-size images run through the network together
@@ -40,16 +32,6 @@ BATCH = 8  # same-size images run through the network together
 
 def _bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:
     return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 where the hardware computes it natively (CUDA, CPUs with AVX512-BF16/AMX), fp16 on MPS."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    cpu_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    return torch.bfloat16 if cpu_bf16 or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() else None
 
 
 def receptive_radius(net: M.ESPCN) -> int:
@@ -73,15 +55,22 @@ def _upscale(net: M.ESPCN, x: torch.Tensor, amp: torch.dtype | None) -> torch.Te
 
 @torch.inference_mode()
 def upscale_batch(
-    net: M.ESPCN, x: torch.Tensor, tile: int = TILE, amp: torch.dtype | None = None, progress: bool = False
+    net: M.ESPCN,
+    x: torch.Tensor,
+    tile: int = TILE,
+    amp: torch.dtype | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
-    """uint8 [N, C, h, w] (C as in to_tensor) -> uint8 [N, C, h*s, w*s], in tiles of `tile` LR pixels.
+    """uint8 [N, C, h, w] (C as in to_tensor) -> uint8 [N, C, h*s, w*s], in tiles of `tile` LR
+    pixels.
 
     Colour goes to YCbCr: the network upscales Y, Cb, Cr and alpha are upscaled bicubically. Tiles
     overlap by the network's receptive radius (and bicubic's 2 pixels), so the result equals untiled
     inference, and memory stays bounded by the tile size plus the uint8 output."""
     s, halo = net.scale, max(receptive_radius(net), 2)
-    net.to(memory_format=torch.channels_last)  # weights too, not only activations: ~1.8x faster on CPU
+    net.to(
+        memory_format=torch.channels_last
+    )  # weights too, not only activations: ~1.8x faster on CPU
     device = next(net.parameters()).device
     n, c, h, w = x.shape
     out = torch.empty((n, c, h * s, w * s), dtype=torch.uint8, device=x.device)
@@ -95,12 +84,16 @@ def upscale_batch(
         a0, b0, a1, b1 = max(y0 - halo, 0), max(x0 - halo, 0), min(y1 + halo, h), min(x1 + halo, w)
         r = _upscale(net, x[:, :, a0:a1, b0:b1].to(device).float(), amp)
         r = r[:, :, (y0 - a0) * s : (y1 - a0) * s, (x0 - b0) * s : (x1 - b0) * s]
-        out[:, :, y0 * s : y1 * s, x0 * s : x1 * s] = r.round_().clamp_(0, 255).to(torch.uint8).to(x.device)
+        out[:, :, y0 * s : y1 * s, x0 * s : x1 * s] = (
+            r.round_().clamp_(0, 255).to(torch.uint8).to(x.device)
+        )
     return out
 
 
-def upscale_image(net: M.ESPCN, img: Image.Image, tile: int = TILE, amp: torch.dtype | None = None) -> Image.Image:
-    """Any image in, `net.scale` times larger out: RGB (L for greyscale), plus alpha if it had one."""
+def upscale_image(
+    net: M.ESPCN, img: Image.Image, tile: int = TILE, amp: torch.dtype | None = None
+) -> Image.Image:
+    """Any image in, `net.scale` times larger out: RGB (L for greyscale), and its alpha if any."""
     return to_image(upscale_batch(net, to_tensor(img)[None], tile, amp)[0])
 
 
@@ -108,17 +101,36 @@ def check_path(path: Path) -> None:
     if path.is_dir():
         raise SrctlError(f"{path}: is a folder with no images in it")
     if not path.exists():
-        raise SrctlError(f"{path}: no such file" + (" matches" if any(c in path.name for c in "*?[") else ""))
+        raise SrctlError(
+            f"{path}: no such file" + (" matches" if any(c in path.name for c in "*?[") else "")
+        )
+
+
+def check_inputs(paths: list[Path]) -> None:
+    """Refuse at once (before a model is fetched) when not one input can be read; each reason a
+    line."""
+    problems = []
+    for path in paths:
+        try:
+            check_path(path)
+        except SrctlError as exc:
+            problems.append(str(exc))
+    if len(problems) == len(paths):
+        raise SrctlError("\n".join(problems))
 
 
 def decode_image(source: Path | BinaryIO, name: str, max_pixels: int | None = None) -> Image.Image:
-    """The decoded image, turned upright by its EXIF orientation; SrctlError naming `name` if it can't be."""
+    """The decoded image, turned upright by its EXIF orientation; SrctlError naming `name` if it
+    can't be."""
     try:
         with warnings.catch_warnings(), Image.open(source) as img:
-            # past MAX_IMAGE_PIXELS Pillow only warns (a 12000x8000 photo does); past twice that it refuses
+            # past MAX_IMAGE_PIXELS Pillow only warns (a 12000x8000 photo does); past twice that it
+            # refuses
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             if max_pixels and img.width * img.height > max_pixels:
-                raise SrctlError(f"{name}: {img.width}x{img.height} is over the limit of {max_pixels} pixels")
+                raise SrctlError(
+                    f"{name}: {img.width}x{img.height} is over the limit of {max_pixels} pixels"
+                )
             img.load()
             upright = ImageOps.exif_transpose(img)
             upright.info.setdefault("icc_profile", img.info.get("icc_profile"))
@@ -129,8 +141,12 @@ def decode_image(source: Path | BinaryIO, name: str, max_pixels: int | None = No
         raise SrctlError(f"{name}: too many pixels to decode safely ({exc})") from exc
     except UnidentifiedImageError as exc:
         raise SrctlError(f"{name}: not an image (unknown or empty file)") from exc
-    except Exception as exc:  # a decoder fed hostile bytes can raise anything: all of it means 'bad image'
-        raise SrctlError(f"{name}: damaged or unreadable image ({type(exc).__name__}: {exc})") from exc
+    except (
+        Exception
+    ) as exc:  # a decoder fed hostile bytes can raise anything: all of it means 'bad image'
+        raise SrctlError(
+            f"{name}: damaged or unreadable image ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def open_image(path: Path) -> Image.Image:
@@ -143,14 +159,23 @@ def save_image(img: Image.Image, path: Path, icc_profile: bytes | None = None) -
     try:
         with atomic_path(path) as tmp:
             fmt = Image.registered_extensions().get(path.suffix.lower())
-            # PNG at zlib level 1: ~3x faster to write than Pillow's default 6; files ~40% larger on photos
-            img.save(tmp, format=fmt, icc_profile=icc_profile, **({"compress_level": 1} if fmt == "PNG" else {}))
+            # PNG at zlib level 1: ~3x faster to write than Pillow's default 6; files ~40% larger on
+            # photos
+            img.save(
+                tmp,
+                format=fmt,
+                icc_profile=icc_profile,
+                **({"compress_level": 1} if fmt == "PNG" else {}),
+            )
     except (ValueError, OSError, KeyError) as exc:
         raise SrctlError(f"{path}: cannot write ({exc})") from exc
 
 
-def output_paths(inputs: list[Path], output: Path | None, scale: int, force: bool = False) -> list[Path]:
-    """Where each input's result goes; refuses to touch an input or, without `force`, any existing file."""
+def output_paths(
+    inputs: list[Path], output: Path | None, scale: int, force: bool = False
+) -> list[Path]:
+    """Where each input's result goes; refuses to touch an input or, without `force`, any existing
+    file."""
     if len(inputs) == 1 and not (output and output.is_dir()):
         outs = [output or inputs[0].with_name(f"{inputs[0].stem}_x{scale}.png")]
     elif output:
@@ -176,12 +201,15 @@ def output_paths(inputs: list[Path], output: Path | None, scale: int, force: boo
 def collect_inputs(args: list[str]) -> list[Path]:
     """Files, folders (their images, sorted) and glob patterns, in order, each file once.
 
-    A folder without images or a pattern that matches nothing stays as it is, for check_path to report."""
+    A folder without images or a pattern that matches nothing stays as it is, for check_path to
+    report."""
     found: list[Path] = []
     for arg in args:
         path = Path(arg)
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _READABLE) or [path]
+            found += sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _READABLE
+            ) or [path]
         elif not path.exists() and any(c in arg for c in "*?["):
             found += sorted(Path(m) for m in glob.glob(arg)) or [path]
         else:
@@ -191,6 +219,23 @@ def collect_inputs(args: list[str]) -> list[Path]:
 
 
 _READABLE = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def _batches(items, tile: int):
+    """Consecutive images (item[2]: uint8 [C, H, W]) of one size, up to BATCH of them; an image
+    larger than one tile goes alone, so that memory stays bounded."""
+    batch: list = []
+    for item in items:
+        x = item[2]
+        if batch and (x.shape != batch[0][2].shape or len(batch) == BATCH):
+            yield batch
+            batch = []
+        batch.append(item)
+        if max(x.shape[1:]) > tile:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def infer(
@@ -205,18 +250,20 @@ def infer(
 ) -> int:
     """Upscale every input with the model in `model_dir` (loaded once); returns how many failed.
 
-    Consecutive small images of the same size go through the network as one batch. A file that fails is
-    reported on stderr (one line) and skipped; the others are still written.
-    """
+    Consecutive small images of the same size go through the network as one batch. A file that fails
+    is reported on stderr (one line) and skipped; the others are still written."""
     from tqdm import tqdm
 
-    net = M.load(model_dir, torch.device(device) if device else pick_device())
+    net = M.load(model_dir, pick_device(device))
     outs = output_paths(inputs, output, net.scale, force)
     if output and len(inputs) > 1:
         output.mkdir(parents=True, exist_ok=True)
     failed = 0
-    # one bar over the files when there are several; upscale_batch adds one over the tiles of a big image
-    bar = tqdm(total=len(inputs), unit="img", disable=not progress or len(inputs) < 2, file=sys.stderr)
+    # one bar over the files when there are several; upscale_batch adds one over the tiles of a big
+    # image
+    bar = tqdm(
+        total=len(inputs), unit="img", disable=not progress or len(inputs) < 2, file=sys.stderr
+    )
 
     def fail(exc: SrctlError) -> None:
         nonlocal failed
@@ -225,7 +272,7 @@ def infer(
 
     def run(batch: list[tuple[Path, Path, torch.Tensor, bytes | None]]) -> None:
         results = upscale_batch(net, torch.stack([x for _, _, x, _ in batch]), tile, amp, progress)
-        for (src, dst, _, icc), result in zip(batch, results):
+        for (src, dst, _, icc), result in zip(batch, results, strict=True):
             try:
                 img = to_image(result)
                 save_image(img, dst, icc)
@@ -234,23 +281,17 @@ def infer(
                 fail(exc)
         bar.update(len(batch))
 
-    batch: list = []
-    for src, dst in zip(inputs, outs):
-        try:
-            img = open_image(src)
-        except SrctlError as exc:
-            fail(exc)
-            bar.update(1)
-            continue
-        x = to_tensor(img)
-        if batch and (x.shape != batch[0][2].shape or len(batch) == BATCH):
-            run(batch)
-            batch = []
-        batch.append((src, dst, x, img.info.get("icc_profile")))
-        if max(x.shape[1:]) > tile:  # only images of one tile are batched: memory stays bounded
-            run(batch)
-            batch = []
-    if batch:
+    def decoded():
+        for src, dst in zip(inputs, outs, strict=True):
+            try:
+                img = open_image(src)
+            except SrctlError as exc:
+                fail(exc)
+                bar.update(1)
+                continue
+            yield src, dst, to_tensor(img), img.info.get("icc_profile")
+
+    for batch in _batches(decoded(), tile):
         run(batch)
     bar.close()
     return failed

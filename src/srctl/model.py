@@ -1,7 +1,7 @@
-"""ESPCN (Shi et al., CVPR 2016): convolutions on the low-resolution image, then one sub-pixel shuffle.
+"""ESPCN (Shi et al., CVPR 2016): convolutions on the low-resolution image, then one sub-pixel
+shuffle.
 
-Saved as safetensors weights plus a JSON config: loading never unpickles anything.
-"""
+Saved as safetensors weights plus a JSON config: loading never unpickles anything."""
 
 from __future__ import annotations
 
@@ -19,30 +19,38 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 # params.yaml's train.arch: hidden widths and activation
 ARCHS = {
     "seed": ((64, 64, 32), "relu"),  # the seed's network: 59,657 parameters
-    "paper": ((64, 32), "tanh"),  # Shi et al.'s: 5x5 64, 3x3 32, 3x3 r^2, tanh (22,729 parameters at x3)
+    "paper": (
+        (64, 32),
+        "tanh",
+    ),  # Shi et al.'s: 5x5 64, 3x3 32, 3x3 r^2, tanh (22,729 parameters at x3)
 }
 
 
 class ESPCN(nn.Module):
-    """conv5x5 1->f1, then conv3x3 for each further width (activation after each), conv3x3 ->r^2, PixelShuffle(r)."""
+    """conv5x5 1->f1, then conv3x3 for each further width (activation after each), conv3x3 ->r^2,
+    PixelShuffle(r)."""
 
-    def __init__(self, scale: int = 3, features: tuple[int, ...] = (64, 64, 32), activation: str = "relu"):
+    def __init__(
+        self, scale: int = 3, features: tuple[int, ...] = (64, 64, 32), activation: str = "relu"
+    ):
         super().__init__()
         self.scale, self.features, self.activation = scale, tuple(features), activation
         chans = (1, *self.features)
         layers: list[nn.Module] = []
-        for i, (cin, cout) in enumerate(zip(chans, chans[1:])):
+        for i, (cin, cout) in enumerate(zip(chans, chans[1:], strict=False)):
             k = 5 if i == 0 else 3
             layers += [nn.Conv2d(cin, cout, k, padding=k // 2), ACTIVATIONS[activation]()]
         layers += [nn.Conv2d(chans[-1], scale**2, 3, padding=1), nn.PixelShuffle(scale)]
         self.body = nn.Sequential(*layers)
         convs = [m for m in self.body if isinstance(m, nn.Conv2d)]
-        for conv in convs[:-1]:  # orthogonal init as in the seed, with the activation's gain; plain for the last
+        for conv in convs[
+            :-1
+        ]:  # orthogonal init as in the seed, with the activation's gain; plain for the last
             nn.init.orthogonal_(conv.weight, nn.init.calculate_gain(activation))
         nn.init.orthogonal_(convs[-1].weight)
 
     @classmethod
-    def named(cls, arch: str, scale: int) -> "ESPCN":
+    def named(cls, arch: str, scale: int) -> ESPCN:
         features, activation = ARCHS[arch]
         return cls(scale, features, activation)
 
@@ -50,7 +58,12 @@ class ESPCN(nn.Module):
         return self.body(y)
 
     def config(self) -> dict:
-        return {"arch": "espcn", "scale": self.scale, "features": list(self.features), "activation": self.activation}
+        return {
+            "arch": "espcn",
+            "scale": self.scale,
+            "features": list(self.features),
+            "activation": self.activation,
+        }
 
 
 def save(model: ESPCN, folder: Path) -> None:
@@ -72,10 +85,14 @@ def _validated(config: object, where: Path) -> tuple[int, tuple[int, ...], str]:
         and isinstance(config.get("features"), list)
         and 1 <= len(config["features"]) <= 8
         and all(isinstance(f, int) and 1 <= f <= 1024 for f in config["features"])
-        and config.get("activation", "relu") in ACTIVATIONS  # models saved before tanh existed are ReLU
+        and config.get("activation", "relu")
+        in ACTIVATIONS  # models saved before tanh existed are ReLU
     )
     if not ok:
-        raise SrctlError(f"{where}: not a valid ESPCN config (need arch=espcn, scale 2-4, features list, relu|tanh)")
+        raise SrctlError(
+            f"{where}: not a valid ESPCN config "
+            "(need arch=espcn, scale 2-4, features list, relu|tanh)"
+        )
     return config["scale"], tuple(config["features"]), config.get("activation", "relu")
 
 

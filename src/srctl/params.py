@@ -15,7 +15,8 @@ from srctl.errors import SrctlError
 @dataclass(frozen=True)
 class Download:
     url: str = "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/bsds/BSDS300-images.tgz"
-    # sha256 over the 300 JPEGs (see download.content_hash): holds for the tarball and an extracted copy.
+    # sha256 over the 300 JPEGs (see download.content_hash): holds for the tarball and an extracted
+    # copy.
     content_sha256: str = "44584b06a9d2f22028d345f087f99d2428a5b6c410e8bede069770a60a8a24ef"
     retries: int = 3
     timeout_s: float = 30.0
@@ -29,17 +30,25 @@ class Prepare:
 
 @dataclass(frozen=True)
 class Train:
-    arch: str = "seed"  # seed: ReLU 64-64-32 (59,657 params); paper: Shi et al.'s 3-layer tanh 64-32
+    arch: str = (
+        "seed"  # seed: ReLU 64-64-32 (59,657 params); paper: Shi et al.'s 3-layer tanh 64-32
+    )
     epochs: int = 30
     steps_per_epoch: int = 1000
     batch_size: int = 20
-    patch_size: int = 32  # side of a low-resolution patch (the paper's 17 wastes more steps on zero-padded borders)
+    # side of a low-resolution patch (the paper's 17 wastes more steps on zero-padded borders)
+    patch_size: int = 32
     lr: float = 2e-3
     lr_final: float = 1e-5  # cosine decay from lr to lr_final over all steps
     precision: str = "auto"  # auto: bf16/fp16 autocast where the hardware has it; fp32: never
-    compile: str = "auto"  # auto: torch.compile the network where a C++ compiler is found; never: eager (YAML reads a bare off as false)
-    resume: bool = True  # continue from models/checkpoint.pt when one of the same params and data exists
-    processes: int = 1  # > 1: the stage runs itself under torchrun as DDP (one process per GPU, or CPU processes)
+    # auto: torch.compile the network where a C++ compiler is found; never: eager (YAML reads a bare
+    # off as false)
+    compile: str = "auto"
+    resume: bool = (
+        True  # continue from models/checkpoint.pt when one of the same params and data exists
+    )
+    # > 1: the stage runs itself under torchrun as DDP (one process per GPU, or CPU processes)
+    processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,8 @@ def _benchmark_sets() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Benchmark:
-    # name: folder of HR images, relative to the project root; a missing folder is reported as absent
+    # name: folder of HR images, relative to the project root; a missing folder is reported as
+    # absent
     sets: dict = field(default_factory=_benchmark_sets)
 
 
@@ -81,6 +91,7 @@ class Params:
 
     def flat(self) -> dict[str, object]:
         """`train.lr`-style keys, the way `dvc exp run -S` and MLflow name them."""
+
         def walk(prefix: str, value: object):
             if isinstance(value, dict):
                 for k, v in value.items():
@@ -91,10 +102,50 @@ class Params:
         return dict(walk("", dataclasses.asdict(self)))
 
 
+@dataclass(frozen=True)
+class Paths:
+    """Where the pipeline keeps its files under one project root; dvc.yaml names the same paths."""
+
+    root: Path
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def dataset(self) -> Path:  # BSDS300 as the download stage leaves it
+        return self.raw / "BSDS300"
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "models" / "espcn"
+
+    @property
+    def run_file(self) -> Path:  # which MLflow run made `model` (written by train)
+        return self.root / "models" / "mlflow_run.json"
+
+    @property
+    def registered(self) -> Path:
+        return self.root / "models" / "registered.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+
+def paths() -> Paths:
+    """The paths of the project a stage or command works in (see project_root)."""
+    return Paths(project_root())
+
+
 def project_root() -> Path:
-    """The project a stage or command works in (its params.yaml, data/, models/): the nearest folder at or
-    above the cwd with a dvc.yaml. DVC runs stages there; `dvc exp run --temp/--queue` in a copy of the
-    repo under <repo>/.dvc/tmp/exps/, which is then the project."""
+    """The project a stage or command works in (its params.yaml, data/, models/): the nearest folder
+    at or above the cwd with a dvc.yaml. DVC runs stages there; `dvc exp run --temp/--queue` in a
+    copy of the repo under <repo>/.dvc/tmp/exps/, which is then the project."""
     start = Path.cwd().resolve()
     for folder in (start, *start.parents):
         if (folder / "dvc.yaml").is_file():
@@ -103,9 +154,10 @@ def project_root() -> Path:
 
 
 def repo_root() -> Path:
-    """The user's checkout: the project root, or for an experiment's temporary copy the repo it was copied
-    from (DVC_ROOT names it there). The embedded MLflow store lives here, so every experiment's run lands
-    in one store and outlives the copy; params.yaml's paths outside the project are taken from here too."""
+    """The user's checkout: the project root, or for an experiment's temporary copy the repo it was
+    copied from (DVC_ROOT names it there). The embedded MLflow store lives here, so every
+    experiment's run lands in one store and outlives the copy; params.yaml's paths outside the
+    project are taken from here too."""
     root = Path(os.environ["DVC_ROOT"]).resolve() if os.environ.get("DVC_ROOT") else project_root()
     if ".dvc" in root.parts[:-1]:
         return Path(*root.parts[: root.parts.index(".dvc")])
@@ -124,10 +176,16 @@ def _build(cls, values: dict, where: str):
         default = getattr(cls(), name)
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, name)
-        elif isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        elif (
+            isinstance(default, float)
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+        ):
             kwargs[name] = float(value)
         elif type(value) is not type(default):
-            raise SrctlError(f"params.yaml: '{where}.{name}' must be {type(default).__name__}, got {value!r}")
+            raise SrctlError(
+                f"params.yaml: '{where}.{name}' must be {type(default).__name__}, got {value!r}"
+            )
         else:
             kwargs[name] = value
     return cls(**kwargs)
@@ -141,16 +199,24 @@ def load(path: Path | None = None) -> Params:
         raise SrctlError(f"cannot read {path}: {exc}") from exc
     params = _build(Params, values, "params")
     if params.train.arch not in ("seed", "paper"):
-        raise SrctlError(f"params.yaml: train.arch must be seed or paper, got {params.train.arch!r}")
+        raise SrctlError(
+            f"params.yaml: train.arch must be seed or paper, got {params.train.arch!r}"
+        )
     if params.train.compile not in ("auto", "never"):
-        raise SrctlError(f"params.yaml: train.compile must be auto or never, got {params.train.compile!r}")
+        raise SrctlError(
+            f"params.yaml: train.compile must be auto or never, got {params.train.compile!r}"
+        )
     if params.train.precision not in ("auto", "fp32"):
-        raise SrctlError(f"params.yaml: train.precision must be auto or fp32, got {params.train.precision!r}")
+        raise SrctlError(
+            f"params.yaml: train.precision must be auto or fp32, got {params.train.precision!r}"
+        )
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in params.benchmark.sets.items()):
         raise SrctlError("params.yaml: benchmark.sets must map set names to folders")
     if params.train.processes < 1 or params.train.batch_size % params.train.processes:
-        raise SrctlError(f"params.yaml: train.processes must be >= 1 and divide train.batch_size "
-                         f"({params.train.batch_size}), got {params.train.processes}")
+        raise SrctlError(
+            f"params.yaml: train.processes must be >= 1 and divide train.batch_size "
+            f"({params.train.batch_size}), got {params.train.processes}"
+        )
     if params.scale not in (2, 3, 4):
         raise SrctlError(f"params.yaml: scale must be 2, 3 or 4, got {params.scale}")
     return params

@@ -1,9 +1,8 @@
 """Stage `prepare`: BSDS300 JPEGs -> high/low-resolution Y-channel pairs in two safetensors files.
 
-HR = image cropped to a multiple of the scale; LR = its antialiased bicubic downscale (PIL's resize
-filters over the whole footprint when shrinking, like MATLAB's imresize). Portrait images are turned
-to landscape so each split stacks into one uint8 tensor that training keeps resident (on the GPU too).
-"""
+HR = image cropped to a multiple of the scale; LR = its antialiased bicubic downscale (degrade.py).
+Portrait images are turned to landscape so each split stacks into one uint8 tensor that training
+keeps resident (on the GPU too)."""
 
 from __future__ import annotations
 
@@ -15,19 +14,10 @@ from PIL import Image
 
 from srctl import params as P
 from srctl.color import y_channel
+from srctl.degrade import downscale
 from srctl.download import content_hash
-from srctl.errors import SrctlError, run_stage
+from srctl.errors import SrctlError, run_main
 from srctl.files import atomic_dir
-
-
-def crop_to_multiple(img: Image.Image, scale: int) -> Image.Image:
-    w, h = img.size
-    return img.crop((0, 0, w - w % scale, h - h % scale))
-
-
-def downscale(img: Image.Image, scale: int) -> Image.Image:
-    """Antialiased bicubic downscale of an image whose sides are multiples of `scale`."""
-    return img.resize((img.width // scale, img.height // scale), Image.Resampling.BICUBIC)
 
 
 def pairs(paths: list[Path], scale: int) -> dict[str, torch.Tensor]:
@@ -55,13 +45,17 @@ def prepare(raw_dir: Path, out_dir: Path, scale: int, cfg: P.Prepare) -> dict[st
         for split, limit in (("train", cfg.max_train_images), ("test", cfg.max_test_images)):
             paths = sorted((dataset / "images" / split).glob("*.jpg"))[: limit or None]
             if not paths:
-                raise SrctlError(f"{dataset}/images/{split}: no JPEG images; run the download stage first")
+                raise SrctlError(
+                    f"{dataset}/images/{split}: no JPEG images; run the download stage first"
+                )
             save_file(pairs(paths, scale), str(tmp / f"{split}.safetensors"), metadata=meta)
             counts[split] = len(paths)
     return counts
 
 
-def load_split(prepared_dir: Path, split: str, device: str | torch.device = "cpu") -> tuple[dict, dict]:
+def load_split(
+    prepared_dir: Path, split: str, device: str | torch.device = "cpu"
+) -> tuple[dict, dict]:
     """The tensors of one split on `device`, and the file's metadata (scale, dataset hash)."""
     from safetensors import safe_open
 
@@ -73,10 +67,13 @@ def load_split(prepared_dir: Path, split: str, device: str | torch.device = "cpu
 
 
 def main() -> None:
-    params, root = P.load(), P.project_root()
-    counts = prepare(root / "data" / "raw", root / "data" / "prepared", params.scale, params.prepare)
-    print(f"prepare: x{params.scale} pairs from {counts['train']} train and {counts['test']} test images")
+    params, where = P.load(), P.paths()
+    counts = prepare(where.raw, where.prepared, params.scale, params.prepare)
+    print(
+        f"prepare: x{params.scale} pairs from {counts['train']} train "
+        f"and {counts['test']} test images"
+    )
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_main(main)

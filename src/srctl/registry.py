@@ -1,8 +1,8 @@
 """The one place that talks to MLflow: tracking runs, logging models, the Model Registry.
 
-Default store: `sqlite:///<repo>/mlflow.db` with artifacts in `<repo>/mlartifacts`, found from the repo
-root (DVC_ROOT under DVC; the original repo for `dvc exp run --temp/--queue` copies), not from the cwd.
-`MLFLOW_TRACKING_URI` points everything at a team server.
+Default store: `sqlite:///<repo>/mlflow.db` with artifacts in `<repo>/mlartifacts`, found from the
+repo root (DVC_ROOT under DVC; the original repo for `dvc exp run --temp/--queue` copies), not from
+the cwd. `MLFLOW_TRACKING_URI` points everything at a team server.
 
 Also stage `register`: registers the trained model and moves the alias to it when it scores better.
 """
@@ -14,17 +14,17 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from srctl import params as P
-from srctl.errors import SrctlError, run_stage
+from srctl.errors import SrctlError, run_main
 from srctl.files import atomic_dir, write_json
 
 EXPERIMENT = "srctl"
 MODEL_ARTIFACT = "model"  # runs:/<run_id>/model
 SCORE = "psnr"  # what makes a champion: mean BSDS300 test PSNR (dB), from the evaluate stage
-RUN_FILE = "models/mlflow_run.json"  # written by train: which MLflow run made models/espcn
+BENCHMARK_SCORES = ("Set5/psnr", "Set14/psnr", "BSD100/psnr")  # tagged on each registered version
 
 
 def _embedded_uri() -> str:
@@ -33,6 +33,13 @@ def _embedded_uri() -> str:
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or _embedded_uri()
+
+
+def quiet() -> None:
+    """For the command line: keep stderr for what the user must read (no INFO lines, no download
+    progress bars). Before MLflow is imported."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _mlflow():
@@ -57,7 +64,9 @@ def _experiment_id(mlflow) -> str:
 
 def _git_commit(root: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -74,18 +83,41 @@ def check_reachable() -> None:
         requests.get(f"{uri.rstrip('/')}/health", timeout=10).raise_for_status()
     except requests.RequestException as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise SrctlError(f"MLflow tracking server {uri} is unreachable ({first}); check MLFLOW_TRACKING_URI") from exc
+        raise SrctlError(
+            f"MLflow tracking server {uri} is unreachable ({first}); check MLFLOW_TRACKING_URI"
+        ) from exc
+
+
+def run_name(params: P.Params) -> str:
+    """What a run is called in the MLflow UI: the DVC experiment's name, else what ran
+    (x3-seed-30k)."""
+    steps = params.train.epochs * params.train.steps_per_epoch
+    label = f"{steps // 1000}k" if steps % 1000 == 0 else str(steps)
+    return os.environ.get("DVC_EXP_NAME") or f"x{params.scale}-{params.train.arch}-{label}"
+
+
+def _log_dataset(mlflow, params: P.Params, dataset_sha256: str) -> None:
+    """BSDS300 as the run's input, so the UI's Datasets section shows what the model learnt from."""
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    # MLflow keeps at most 36 characters of a digest; the full content hash goes in a tag
+    dataset = MetaDataset(
+        HTTPDatasetSource(params.download.url), name="BSDS300", digest=dataset_sha256[:16]
+    )
+    mlflow.log_input(dataset, context="training", tags={"content_sha256": dataset_sha256})
 
 
 @contextlib.contextmanager
-def training_run(params: P.Params, dataset_sha256: str, resume_run_id: str | None = None) -> Iterator[object]:
-    """An MLflow run holding every param and the provenance tags, or the interrupted run `resume_run_id`.
-
-    It ends FINISHED, FAILED if the block raises, KILLED on Ctrl-C/SIGTERM (KeyboardInterrupt)."""
+def training_run(
+    params: P.Params, dataset_sha256: str, resume_run_id: str | None = None
+) -> Iterator[object]:
+    """An MLflow run holding every param, the dataset and the provenance tags, or the interrupted
+    run `resume_run_id`. It ends FINISHED, FAILED if the block raises, KILLED on Ctrl-C/SIGTERM."""
     check_reachable()
     mlflow = _mlflow()
     exp_name = os.environ.get("DVC_EXP_NAME")
-    tags = {"dataset_sha256": dataset_sha256, "scale": str(params.scale)}
+    tags = {"dataset_sha256": dataset_sha256, "scale": str(params.scale), "arch": params.train.arch}
     if commit := _git_commit(P.project_root()):
         tags["git_commit"] = commit
     if exp_name:
@@ -93,11 +125,16 @@ def training_run(params: P.Params, dataset_sha256: str, resume_run_id: str | Non
     if resume_run_id:
         try:
             run = mlflow.start_run(run_id=resume_run_id)
-        except mlflow.exceptions.MlflowException:  # not in this store (moved, deleted): start afresh
+        except (
+            mlflow.exceptions.MlflowException
+        ):  # not in this store (moved, deleted): start afresh
             resume_run_id = None
     if not resume_run_id:
-        run = mlflow.start_run(experiment_id=_experiment_id(mlflow), run_name=exp_name, tags=tags)
+        run = mlflow.start_run(
+            experiment_id=_experiment_id(mlflow), run_name=run_name(params), tags=tags
+        )
         mlflow.log_params(params.flat())
+        _log_dataset(mlflow, params, dataset_sha256)
     with run:
         try:
             yield run
@@ -111,7 +148,8 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 
 
 def log_model(model_dir: Path) -> str:
-    """Log the model as a pyfunc whose loader is srctl.infer: weights + JSON, no pickle, no cloudpickle.
+    """Log the model as a pyfunc whose loader is srctl.infer: weights + JSON, no pickle, no
+    cloudpickle.
 
     Returns its `models:/m-...` URI (MLflow 3's LoggedModel), the one to register."""
     import srctl
@@ -122,7 +160,12 @@ def log_model(model_dir: Path) -> str:
         loader_module="srctl.infer",
         data_path=str(model_dir),
         code_paths=[str(Path(srctl.__file__).parent)],  # the model carries the code that runs it
-        pip_requirements=["torch", "pillow", "numpy", "safetensors"],  # skips a slow environment scan
+        pip_requirements=[
+            "torch",
+            "pillow",
+            "numpy",
+            "safetensors",
+        ],  # skips a slow environment scan
     )
     return info.model_uri
 
@@ -137,8 +180,22 @@ def log_evaluation(run_id: str, metrics: dict[str, float], images: dict[str, obj
         client.log_image(run_id, image, artifact_file=f"samples/{name}.png")
 
 
+def _project_params() -> P.Params:
+    """This checkout's params, or the defaults outside one."""
+    try:
+        return P.load()
+    except SrctlError:
+        return P.Params()
+
+
+def default_model() -> str:
+    """The project's champion: NAME@ALIAS from params.yaml (espcn-x3@champion by default)."""
+    params = _project_params()
+    return f"{params.registered_name}@{params.register.alias}"
+
+
 def model_uri(run_id: str | None = None, model: str | None = None) -> str:
-    """`runs:/<id>/model` for --run-id, `models:/NAME@ALIAS` or `models:/NAME/VERSION` for --model."""
+    """`runs:/<id>/model` for --run-id; `models:/NAME@ALIAS`, `models:/NAME/VERSION` for --model."""
     if run_id and model:
         raise SrctlError("give either --run-id or --model, not both")
     if run_id:
@@ -148,15 +205,48 @@ def model_uri(run_id: str | None = None, model: str | None = None) -> str:
     return f"models:/{model}"
 
 
+def chosen_model_uri(run_id: str | None = None, model: str | None = None) -> str:
+    """The model that --run-id / --model name; the project's champion when neither is given."""
+    return model_uri(run_id, model or (None if run_id else default_model()))
+
+
+def model_folder(
+    run_id: str | None = None, model: str | None = None, model_dir: Path | None = None
+) -> Path:
+    """The local folder of the model the user named: --model-dir as is (no MLflow), else the logged
+    model of --run-id / --model / the project's champion, fetched from the store."""
+    if model_dir:
+        if run_id or model:
+            raise SrctlError("give one of --run-id, --model and --model-dir")
+        if not (model_dir / "config.json").is_file():
+            raise SrctlError(f"{model_dir}: not a model folder (no config.json)")
+        return model_dir
+    try:
+        return fetch_model(chosen_model_uri(run_id, model))
+    except (
+        SrctlError
+    ) as exc:  # no store here (a fresh clone after `dvc pull`, say): point at the pipeline's model
+        pipeline_model = P.paths().model
+        if run_id or model or not (pipeline_model / "config.json").is_file():
+            raise
+        hint = f"the pipeline's own model is here: --model-dir {os.path.relpath(pipeline_model)}"
+        raise SrctlError(f"{exc}; {hint}") from exc
+
+
 def run_of(uri: str) -> str:
-    """The id of the training run that logged the model at `uri` (runs:/..., models:/NAME@ALIAS|/VERSION)."""
+    """The id of the training run that logged the model at `uri` (runs:/...,
+    models:/NAME@ALIAS|/VERSION)."""
     if uri.startswith("runs:/"):
         return uri.split("/")[1]
     mlflow = _mlflow()
     client = mlflow.MlflowClient()
     name, at, alias = uri.removeprefix("models:/").partition("@")
     try:
-        mv = client.get_model_version_by_alias(name, alias) if at else client.get_model_version(*name.rsplit("/", 1))
+        mv = (
+            client.get_model_version_by_alias(name, alias)
+            if at
+            else client.get_model_version(*name.rsplit("/", 1))
+        )
     except mlflow.exceptions.MlflowException as exc:
         raise SrctlError(f"no model {uri} in {tracking_uri()}") from exc
     return mv.run_id
@@ -164,7 +254,8 @@ def run_of(uri: str) -> str:
 
 def _cache_dir(uri: str) -> Path | None:
     """Where a run's model is kept once fetched: a run's logged model never changes, so `srctl infer
-    --run-id` can skip MLflow (seconds of import and lookup) the next time. Aliases always resolve."""
+    --run-id` can skip MLflow (seconds of import and lookup) the next time. Aliases always resolve.
+    """
     if not uri.startswith("runs:/"):
         return None
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -172,7 +263,7 @@ def _cache_dir(uri: str) -> Path | None:
 
 
 def fetch_model(uri: str) -> Path:
-    """The local folder holding a logged model's weights + config (downloaded, or from the cache)."""
+    """The local folder of a logged model's weights + config (downloaded, or from the cache)."""
     cached = _cache_dir(uri)
     if cached and (cached / "config.json").is_file():
         return cached
@@ -196,16 +287,37 @@ def fetch_model(uri: str) -> Path:
     return cached
 
 
+def _describe(client, name: str, version: str, run) -> None:
+    """Tag the version with its benchmark scores and give it a one-line description, so that the
+    registry page alone tells versions apart."""
+    m, p = run.data.metrics, run.data.params
+    for key in BENCHMARK_SCORES:
+        if key in m:
+            client.set_model_version_tag(name, version, key, f"{m[key]:.2f}")
+    steps = int(p.get("train.epochs", 0)) * int(p.get("train.steps_per_epoch", 0))
+    scores = " / ".join(f"{k.split('/')[0]} {m[k]:.2f}" for k in BENCHMARK_SCORES if k in m)
+    text = (
+        f"x{p.get('scale', '?')} {p.get('train.arch', '?')}, {steps:,} steps "
+        f"(run {run.info.run_name}): "
+        f"BSDS300 test {m[SCORE]:.2f} dB (bicubic {m.get('bicubic_psnr', float('nan')):.2f})"
+        + (f"; {scores} dB" if scores else "")
+    )
+    client.update_model_version(name, version, description=text)
+
+
 def register(run_id: str, model_uri: str, name: str, alias: str) -> dict:
-    """Register the run's model; move `alias` to it if its PSNR beats the current holder's (or none)."""
+    """Register the run's model; move `alias` to it if its PSNR beats the current holder's (or
+    none)."""
     mlflow = _mlflow()
     client = mlflow.MlflowClient()
-    score = client.get_run(run_id).data.metrics.get(SCORE)
+    run = client.get_run(run_id)
+    score = run.data.metrics.get(SCORE)
     if score is None:
         raise SrctlError(f"run {run_id} has no '{SCORE}' metric; run the evaluate stage first")
     # the same run registered again (evaluate re-run, say) reuses its version instead of adding one
     same = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     version = same[0].version if same else mlflow.register_model(model_uri, name).version
+    _describe(client, name, version, run)
     try:
         holder = client.get_model_version_by_alias(name, alias)
         best = client.get_run(holder.run_id).data.metrics.get(SCORE, float("-inf"))
@@ -227,8 +339,11 @@ def register(run_id: str, model_uri: str, name: str, alias: str) -> dict:
 RUN_COLUMNS = ("train.epochs", "train.steps_per_epoch", "train.batch_size", "train.lr")
 
 
-def list_runs(experiment: str | None = None) -> list[dict]:
-    """Training runs, newest first: id, date, scale, key params, PSNR, bicubic PSNR, train time."""
+def list_runs(experiment: str | None = None, sort: str = "date") -> list[dict]:
+    """Training runs, newest first (or best PSNR first with sort="psnr"): id, date, scale, key
+    params, PSNR, bicubic PSNR, train time."""
+    if sort not in ("date", "psnr"):
+        raise SrctlError(f"--sort must be date or psnr, got {sort!r}")
     mlflow = _mlflow()
     client = mlflow.MlflowClient()
     names = [experiment] if experiment else [e.name for e in client.search_experiments()]
@@ -236,24 +351,35 @@ def list_runs(experiment: str | None = None) -> list[dict]:
     if experiment and not ids:
         raise SrctlError(f"no MLflow experiment named {experiment!r} in {tracking_uri()}")
     rows = []
-    for run in client.search_runs(ids, order_by=["attributes.start_time DESC"], max_results=1000) if ids else []:
+    for run in (
+        client.search_runs(ids, order_by=["attributes.start_time DESC"], max_results=1000)
+        if ids
+        else []
+    ):
         p, m = run.data.params, run.data.metrics
-        rows.append({
-            "run_id": run.info.run_id,
-            "date": run.info.start_time,
-            "status": run.info.status,
-            "experiment": run.data.tags.get("dvc_exp_name", ""),
-            "scale": p.get("scale", ""),
-            **{k.removeprefix("train."): p.get(k, "") for k in RUN_COLUMNS},
-            "psnr": m.get("psnr"),
-            "bicubic_psnr": m.get("bicubic_psnr"),
-            "train_seconds": m.get("train_seconds"),
-        })
+        rows.append(
+            {
+                "run_id": run.info.run_id,
+                "date": run.info.start_time,
+                "status": run.info.status,
+                "experiment": run.data.tags.get("dvc_exp_name", ""),
+                "scale": p.get("scale", ""),
+                **{k.removeprefix("train."): p.get(k, "") for k in RUN_COLUMNS},
+                "psnr": m.get("psnr"),
+                "bicubic_psnr": m.get("bicubic_psnr"),
+                "train_seconds": m.get("train_seconds"),
+            }
+        )
+    if sort == "psnr":
+        rows.sort(key=lambda r: r["psnr"] if r["psnr"] is not None else float("-inf"), reverse=True)
     return rows
 
 
-def promote(target: str, alias: str, name: str | None = None) -> dict:
-    """Move `alias` to a model version: NAME/VERSION, or a run id (registered first if need be)."""
+def promote(target: str, alias: str | None = None) -> dict:
+    """Move `alias` (params' register.alias by default) to a model version: NAME/VERSION, or a run
+    id (registered first, under params' name for the run's scale, if need be)."""
+    params = _project_params()
+    alias = alias or params.register.alias
     mlflow = _mlflow()
     client = mlflow.MlflowClient()
     if "/" in target:
@@ -267,7 +393,7 @@ def promote(target: str, alias: str, name: str | None = None) -> dict:
             run = client.get_run(target)
         except mlflow.exceptions.MlflowException as exc:
             raise SrctlError(f"no run {target} in {tracking_uri()}") from exc
-        name = name or f"espcn-x{run.data.params.get('scale', '3')}"
+        name = f"{params.register.model_name}-x{run.data.params.get('scale', params.scale)}"
         found = client.search_model_versions(f"name='{name}' and run_id='{target}'")
         mv = found[0] if found else mlflow.register_model(f"runs:/{target}/{MODEL_ARTIFACT}", name)
     try:
@@ -275,28 +401,73 @@ def promote(target: str, alias: str, name: str | None = None) -> dict:
     except mlflow.exceptions.MlflowException:
         old = None
     client.set_registered_model_alias(name, alias, mv.version)
-    return {"name": name, "alias": alias, "old": int(old) if old else None, "new": int(mv.version), "run_id": mv.run_id}
+    return {
+        "name": name,
+        "alias": alias,
+        "old": int(old) if old else None,
+        "new": int(mv.version),
+        "run_id": mv.run_id,
+    }
+
+
+def serve(uri: str, host: str, port: int) -> None:
+    """Become `mlflow models serve` on `uri` (this process is replaced: signals and exit code are
+    its own)."""
+    import sys
+
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri(),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        # the server runs uvicorn from this environment's bin/, activated or not
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        uri,
+        "--env-manager",
+        "local",
+        "-h",
+        host,
+        "-p",
+        str(port),
+    ]
+    os.execve(sys.executable, cmd, env)
 
 
 def main() -> None:
-    params, root = P.load(), P.project_root()
-    run = read_run(root)
-    result = register(run["run_id"], run["model_uri"], params.registered_name, params.register.alias)
-    write_json(root / "models" / "registered.json", result)
-    moved = f"alias '{result['alias']}' -> v{result['version']}" if result["promoted"] else "alias unchanged"
-    print(f"register: {result['name']} v{result['version']} ({SCORE} {result[SCORE]:.2f} dB), {moved}")
+    params, where = P.load(), P.paths()
+    run = read_run(where.run_file)
+    result = register(
+        run["run_id"], run["model_uri"], params.registered_name, params.register.alias
+    )
+    write_json(where.registered, result)
+    moved = (
+        f"alias '{result['alias']}' -> v{result['version']}"
+        if result["promoted"]
+        else "alias unchanged"
+    )
+    print(
+        f"register: {result['name']} v{result['version']} ({SCORE} {result[SCORE]:.2f} dB), {moved}"
+    )
 
 
-def read_run(root: Path) -> dict[str, str]:
-    """What train recorded of its MLflow run: run_id, experiment_id, model_uri."""
+def read_run(run_file: Path) -> dict[str, str]:
+    """What train recorded of its MLflow run (models/mlflow_run.json): run_id, experiment_id,
+    model_uri."""
     import json
 
     try:
-        run = json.loads((root / RUN_FILE).read_text())
+        run = json.loads(run_file.read_text())
         return {k: str(run[k]) for k in ("run_id", "experiment_id", "model_uri")}
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SrctlError(f"{root / RUN_FILE}: no MLflow run recorded; run the train stage first") from exc
+        raise SrctlError(f"{run_file}: no MLflow run recorded; run the train stage first") from exc
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_main(main)
