@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: install repro full scales test ui clean
+.PHONY: install repro full scales test lint format ui clean
 
 # The stamp is rebuilt when pyproject.toml changes, so `make` after a pull installs what it needs.
 $(VENV)/.installed: pyproject.toml
@@ -31,6 +31,15 @@ scales: install
 
 test: install
 	python -m pytest
+
+# ruff (configured in pyproject.toml): lint rules and the formatter's check; `make format` applies both fixes
+lint: install
+	ruff check .
+	ruff format --check .
+
+format: install
+	ruff check --fix .
+	ruff format .
 
 ui: install
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
