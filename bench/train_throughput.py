@@ -31,7 +31,8 @@ from srctl import model as M
 from srctl import params as P
 from srctl.device import autocast_dtype, pick_device
 from srctl.prepare import load_split
-from srctl.train import compiled, sample_patches, step
+from srctl.steps import sample_patches, step
+from srctl.train import compiled
 
 ROOT = Path(__file__).resolve().parents[1]
 BSDS = ROOT.parent / "shared" / "datasets" / "BSDS300"

@@ -49,6 +49,8 @@ class Train:
     )
     # > 1: the stage runs itself under torchrun as DDP (one process per GPU, or CPU processes)
     processes: int = 1
+    # auto: on one CUDA GPU the whole step is captured once as a CUDA graph; never: the plain step
+    cuda_graph: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,10 @@ def load(path: Path | None = None) -> Params:
     if params.train.compile not in ("auto", "never"):
         raise SrctlError(
             f"params.yaml: train.compile must be auto or never, got {params.train.compile!r}"
+        )
+    if params.train.cuda_graph not in ("auto", "never"):
+        raise SrctlError(
+            f"params.yaml: train.cuda_graph must be auto or never, got {params.train.cuda_graph!r}"
         )
     if params.train.precision not in ("auto", "fp32"):
         raise SrctlError(

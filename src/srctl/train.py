@@ -2,6 +2,7 @@
 
 Every step draws `batch_size` random LR patches (and their HR blocks) from the whole training set,
 kept as uint8 tensors on the device, with a random flip/rotation: no DataLoader, no fixed crops.
+On one CUDA GPU the whole step is a CUDA graph, replayed (steps.GraphStep).
 
 Under `torchrun` (or `train.processes: N`, which makes the stage start torchrun itself) the same
 loop runs as PyTorch DDP: each rank draws its own batch_size/N patches, DDP all-reduces the
@@ -24,7 +25,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from srctl import model as M
@@ -35,31 +35,9 @@ from srctl.errors import SrctlError, run_main
 from srctl.files import atomic_path, write_json
 from srctl.metrics import psnr
 from srctl.prepare import load_split
+from srctl.steps import GraphStep, sample_patches, step
 
 CHECKPOINT = "checkpoint.pt"  # beside models/mlflow_run.json; deleted once training has finished
-
-
-def sample_patches(
-    lr, hr, batch: int, size: int, scale: int, gen: torch.Generator, aug: random.Random
-):
-    """A batch of aligned (LR size x size, HR size*s x size*s) float patches in [0, 1]."""
-    n, _, h, w = lr.shape
-    dev = lr.device
-    i = torch.randint(n, (batch, 1, 1), generator=gen, device=dev)
-    y = torch.randint(h - size + 1, (batch, 1, 1), generator=gen, device=dev)
-    x = torch.randint(w - size + 1, (batch, 1, 1), generator=gen, device=dev)
-    r, R = torch.arange(size, device=dev), torch.arange(size * scale, device=dev)
-    lr_p = lr[i, 0, y + r[:, None], x + r]
-    hr_p = hr[i, 0, y * scale + R[:, None], x * scale + R]
-    k, flip = (
-        aug.randrange(4),
-        aug.random() < 0.5,
-    )  # one of the 8 symmetries of the square per batch
-    lr_p, hr_p = torch.rot90(lr_p, k, (1, 2)), torch.rot90(hr_p, k, (1, 2))
-    if flip:
-        lr_p, hr_p = lr_p.flip(2), hr_p.flip(2)
-    to_float = lambda t: t[:, None].float().div_(255).contiguous(memory_format=torch.channels_last)  # noqa: E731
-    return to_float(lr_p), to_float(hr_p)
 
 
 def rank_streams(
@@ -82,19 +60,6 @@ def compiled(net: torch.nn.Module) -> torch.nn.Module:
         print("train: no C++ compiler found, training without torch.compile")
         return net
     return torch.compile(net)
-
-
-def step(
-    net, opt, scaler, amp: torch.dtype | None, lr_p: torch.Tensor, hr_p: torch.Tensor
-) -> torch.Tensor:
-    """One optimiser step on MSE, under autocast when `amp` is set; the loss (not synced)."""
-    with torch.autocast(lr_p.device.type, dtype=amp, enabled=amp is not None):
-        loss = F.mse_loss(net(lr_p).float(), hr_p)
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(opt)
-    scaler.update()
-    return loss.detach()
 
 
 @torch.no_grad()
@@ -294,23 +259,34 @@ def _write_outputs(
     return summary
 
 
-def _build(params: P.Params, device: torch.device, rank: int) -> tuple[State, torch.dtype | None]:
-    """A fresh run's network, optimiser, schedule and random streams, and the autocast dtype."""
-    cfg = params.train
+def _build(params: P.Params, data: dict, batch: int, rank: int, world: int) -> tuple[State, object]:
+    """A fresh run's network, optimiser, schedule and random streams, and the autocast dtype.
+
+    One process on a CUDA GPU (bf16 or fp32) gets the CUDA-graph step, whose GraphStep is both
+    optimiser holder and schedule; everything else the plain Adam + CosineAnnealingLR."""
+    cfg, device = params.train, data["lr"].device
     torch.manual_seed(params.seed)  # the same initial weights on every rank
     net = M.ESPCN.named(cfg.arch, params.scale).to(device, memory_format=torch.channels_last)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    total = cfg.epochs * cfg.steps_per_epoch
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr_final)
     amp = autocast_dtype(device) if cfg.precision == "auto" else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-    return State(net, opt, sched, scaler, *rank_streams(params.seed, rank, device)), amp
+    gen, aug = rank_streams(params.seed, rank, device)
+    total = cfg.epochs * cfg.steps_per_epoch
+    graph = device.type == "cuda" and world == 1 and amp is not torch.float16
+    if graph and cfg.cuda_graph == "auto":
+        sched = GraphStep(net, data, batch, cfg.patch_size, params.scale, gen, amp, cfg, total)
+        return State(net, sched.opt, sched, scaler, gen, aug), amp
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr_final)
+    return State(net, opt, sched, scaler, gen, aug), amp
 
 
-def _wrapped(net: torch.nn.Module, world: int, how: str) -> tuple[torch.nn.Module, bool]:
-    """What the loop calls, and whether it is compiled: DDP around `net` on several ranks (made
-    after a checkpoint is loaded: it broadcasts rank 0's weights), torch.compile'd for `auto`."""
-    ddp = net
+def _wrapped(state: State, world: int, how: str) -> tuple[torch.nn.Module, bool]:
+    """What the plain step calls, and whether it is compiled: DDP around the network on several
+    ranks (made after a checkpoint is loaded: it broadcasts rank 0's weights), torch.compile'd for
+    `auto`. The CUDA-graph step calls the network itself."""
+    ddp = net = state.net
+    if isinstance(state.sched, GraphStep):
+        return net, False
     if world > 1:
         device = next(net.parameters()).device
         ddp = DistributedDataParallel(
@@ -323,6 +299,8 @@ def _wrapped(net: torch.nn.Module, world: int, how: str) -> tuple[torch.nn.Modul
 def _epoch(state: State, fwd, data: dict, batch: int, params: P.Params, amp) -> torch.Tensor:
     """One epoch of steps; the summed loss stays on the device (no host sync inside an epoch)."""
     cfg = params.train
+    if isinstance(state.sched, GraphStep):
+        return state.sched.run(cfg.steps_per_epoch)
     loss_sum = torch.zeros((), device=data["lr"].device)
     for _ in range(cfg.steps_per_epoch):
         lr_p, hr_p = sample_patches(
@@ -369,12 +347,12 @@ def train(
     batch = cfg.batch_size // world  # the global batch: the same recipe on 1 or N processes
     device = _rank_device()
     data, test, meta = _load_data(prepared_dir, params, device)
-    state, amp = _build(params, device, rank)
+    state, amp = _build(params, data, batch, rank, world)
     checkpoint = run_file.parent / CHECKPOINT
     fingerprint = _fingerprint(params, meta["dataset_sha256"], world)
     if cfg.resume:
         _restore(state, checkpoint, fingerprint, rank, world)
-    fwd, is_compiled = _wrapped(state.net, world, cfg.compile)
+    fwd, is_compiled = _wrapped(state, world, cfg.compile)
 
     started = time.perf_counter() - state.seconds
     tracking = contextlib.nullcontext()
@@ -395,7 +373,9 @@ def train(
         if rank:
             return {"steps": total, "train_seconds": time.perf_counter() - started}
         precision = str(amp or torch.float32).removeprefix("torch.")
+        graphed = isinstance(state.sched, GraphStep)
         facts = {"device": device.type, "precision": precision, "compiled": is_compiled}
+        facts |= {"cuda_graph": graphed}
         facts |= {"steps": total, "processes": world}
         summary = _write_outputs(state, facts, model_dir, metrics_dir, run_file, run)
     checkpoint.unlink(missing_ok=True)  # done: the model and the MLflow run hold everything now
