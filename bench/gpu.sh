@@ -19,6 +19,8 @@
 #   GPU_SH_FULL_EPOCHS=150   the full profile's epochs
 #   GPU_SH_TP_SECONDS=5      measuring time per loop of train_throughput.py
 #   PYTHON=python3           the Python that has torch
+#   GPU_SH_SKIP="gpu_check video throughput"   steps to leave out (a second run that wants the
+#                            full profile's time, say)
 #   GPU_SH_DRY=1             a dry run on a CPU: tiny data, a few steps, a 10-frame clip, --device cpu,
 #                            the project's own environment (PYTHON=.venv/bin/python) instead of .whl
 set -uo pipefail
@@ -52,6 +54,10 @@ cap() { local r=$(( $(remaining) - RESERVE )); (( r < $1 )) && echo "$r" || echo
 # name, exit code, wall seconds, timeout, dir and command in steps.tsv. A step with under 10 s left is skipped.
 step() {
   local name=$1 to=$2 dir=$3; shift 3
+  if [[ " ${GPU_SH_SKIP:-} " == *" ${name%%_*} "* || " ${GPU_SH_SKIP:-} " == *" $name "* ]]; then
+    log "SKIP  $name: GPU_SH_SKIP"
+    return 125
+  fi
   if (( to < 10 )); then
     log "SKIP  $name: ${to}s left in the budget"
     printf '%s\tskipped\t0\t%s\t%s\t%s\n' "$name" "$to" "$dir" "$*" >>"$STEPS"
