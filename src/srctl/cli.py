@@ -156,8 +156,7 @@ def serve(
         "127.0.0.1", "--host", help="Listen address; 0.0.0.0 exposes it to the network."
     ),
 ) -> None:
-    """Serve a model over HTTP: `mlflow models serve` on it (POST /invocations, base64 images in and
-    out)."""
+    """Serve a model over HTTP with `mlflow models serve` (POST base64 images to /invocations)."""
     from srctl import registry
 
     uri = registry.chosen_model_uri(run_id, model)
@@ -244,8 +243,7 @@ def export(
         show_default="the first BSDS300 test image in data/raw",
     ),
 ) -> None:
-    """Export the network (Y in, upscaled Y out) to ONNX and check it against PyTorch with
-    onnxruntime."""
+    """Export the network (Y in, upscaled Y out) to ONNX; check it with onnxruntime vs PyTorch."""
     from srctl import export as E
     from srctl import model as M
     from srctl import registry
@@ -273,8 +271,7 @@ def benchmark(
         help="Log the numbers into the model's MLflow run (not with --model-dir).",
     ),
 ) -> None:
-    """PSNR / SSIM of a logged model and of bicubic on Set5, Set14, BSD100 (folders from
-    params.yaml)."""
+    """PSNR / SSIM of a model and of bicubic on Set5, Set14, BSD100 (folders in params.yaml)."""
     from srctl.benchmark import benchmark_model
 
     typer.echo(benchmark_model(run_id, model, model_dir, device, log))

@@ -86,8 +86,8 @@ _TO_YUV = torch.tensor(BT601_STUDIO) / 255
 
 def rgb_to_yuv420p(rgb: torch.Tensor) -> torch.Tensor:
     """uint8 [N, 3, H, W] RGB (H, W even) -> uint8 [N, H*3/2, W]: the Y, U, V planes of yuv420p
-    frames, laid out as PyAV's VideoFrame.from_ndarray(format="yuv420p") takes them. Chroma: 2x2
-    means."""
+    frames, laid out as PyAV's VideoFrame.from_ndarray(format="yuv420p") takes them.
+    Chroma: 2x2 means."""
     n, _, h, w = rgb.shape
     yuv = _affine(rgb.float(), _TO_YUV, torch.zeros(3), torch.tensor([16.0, 128.0, 128.0]))
     uv = torch.nn.functional.avg_pool2d(yuv[:, 1:], 2)

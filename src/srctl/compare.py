@@ -12,8 +12,7 @@ from srctl.infer import open_image, output_paths, save_image, upscale_image
 
 
 def compare_picture(net: M.ESPCN, img: Image.Image, zoom: int = 3) -> Image.Image:
-    """`img` upscaled by bicubic (left) and by `net` (right), with a zoomed centre crop of each
-    below."""
+    """`img` upscaled by bicubic (left) and by `net` (right), a zoomed centre crop of each below."""
     img = img.convert("RGB")
     sr = upscale_image(net, img)
     bicubic = img.resize(sr.size, Image.Resampling.BICUBIC)

@@ -6,8 +6,7 @@ import torch
 
 
 def pick_device(name: str | None = None) -> torch.device:
-    """The device called `name` (cpu, cuda, cuda:1, mps), else the GPU if there is one, else the
-    CPU."""
+    """The device called `name` (cpu, cuda, cuda:1, mps); else the GPU if any; else the CPU."""
     if name:
         return torch.device(name)
     if torch.cuda.is_available():

@@ -74,8 +74,7 @@ def fetch(url: str, dest: Path, retries: int, timeout_s: float, backoff_s: float
 
 
 def extract(archive: Path, dest: Path) -> None:
-    """Extract a .tgz into `dest`, refusing links, devices and any member that would land outside
-    it."""
+    """Extract a .tgz into `dest`, refusing links, devices and members that would land outside."""
     try:
         with tarfile.open(archive, "r:gz") as tar:
             members = tar.getmembers()

@@ -26,8 +26,7 @@ from srctl.metrics import score
 def evaluate(
     net: M.ESPCN, paths: list[Path], samples: int = 0
 ) -> tuple[dict[str, float], dict[str, Image.Image]]:
-    """Mean PSNR/SSIM of `net` and of bicubic on `paths`; side-by-side pictures of the first
-    `samples`."""
+    """Mean PSNR/SSIM of `net` and of bicubic on `paths`; pictures of the first `samples`."""
     s = net.scale
     rows, pictures = [], {}
     for i, path in enumerate(paths):

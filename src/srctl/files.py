@@ -19,8 +19,7 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path` (same suffix, so writers pick the format); rename on
-    success."""
+    """A temporary sibling of `path` (same suffix: writers pick the format), renamed on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(

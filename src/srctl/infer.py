@@ -107,8 +107,7 @@ def check_path(path: Path) -> None:
 
 
 def check_inputs(paths: list[Path]) -> None:
-    """Refuse at once (before a model is fetched) when not one input can be read; each reason a
-    line."""
+    """Refuse at once (before a model is fetched) when no input can be read: a line per reason."""
     problems = []
     for path in paths:
         try:
@@ -174,8 +173,7 @@ def save_image(img: Image.Image, path: Path, icc_profile: bytes | None = None) -
 def output_paths(
     inputs: list[Path], output: Path | None, scale: int, force: bool = False
 ) -> list[Path]:
-    """Where each input's result goes; refuses to touch an input or, without `force`, any existing
-    file."""
+    """Where each input's result goes; never an input, nor (without `force`) an existing file."""
     if len(inputs) == 1 and not (output and output.is_dir()):
         outs = [output or inputs[0].with_name(f"{inputs[0].stem}_x{scale}.png")]
     elif output:
@@ -201,8 +199,8 @@ def output_paths(
 def collect_inputs(args: list[str]) -> list[Path]:
     """Files, folders (their images, sorted) and glob patterns, in order, each file once.
 
-    A folder without images or a pattern that matches nothing stays as it is, for check_path to
-    report."""
+    A folder without images or a pattern that matches nothing stays as it is, for check_path
+    to report."""
     found: list[Path] = []
     for arg in args:
         path = Path(arg)

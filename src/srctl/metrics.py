@@ -24,8 +24,7 @@ def y_studio(img: Image.Image, gray: bool = False) -> np.ndarray:
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, border: int) -> torch.Tensor:
-    """PSNR per image of [..., H, W] tensors on a 0..255 scale, `border` pixels cut from each
-    side."""
+    """PSNR per image of [..., H, W] tensors on a 0..255 scale, `border` pixels cut each side."""
     if border:
         a, b = a[..., border:-border, border:-border], b[..., border:-border, border:-border]
     mse = (a.double() - b.double()).pow(2).mean(dim=(-2, -1))

@@ -89,8 +89,7 @@ def check_reachable() -> None:
 
 
 def run_name(params: P.Params) -> str:
-    """What a run is called in the MLflow UI: the DVC experiment's name, else what ran
-    (x3-seed-30k)."""
+    """A run's name in the MLflow UI: the DVC experiment's, else what ran (x3-seed-30k)."""
     steps = params.train.epochs * params.train.steps_per_epoch
     label = f"{steps // 1000}k" if steps % 1000 == 0 else str(steps)
     return os.environ.get("DVC_EXP_NAME") or f"x{params.scale}-{params.train.arch}-{label}"
@@ -306,8 +305,7 @@ def _describe(client, name: str, version: str, run) -> None:
 
 
 def register(run_id: str, model_uri: str, name: str, alias: str) -> dict:
-    """Register the run's model; move `alias` to it if its PSNR beats the current holder's (or
-    none)."""
+    """Register the run's model; move `alias` to it if its PSNR beats the holder's (or none)."""
     mlflow = _mlflow()
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
@@ -458,8 +456,8 @@ def main() -> None:
 
 
 def read_run(run_file: Path) -> dict[str, str]:
-    """What train recorded of its MLflow run (models/mlflow_run.json): run_id, experiment_id,
-    model_uri."""
+    """What train recorded of its MLflow run in models/mlflow_run.json: run_id, experiment_id
+    and model_uri."""
     import json
 
     try:

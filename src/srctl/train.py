@@ -107,8 +107,7 @@ def _rank_device() -> torch.device:
 
 @dataclass
 class State:
-    """What training changes and a checkpoint keeps: the objects, where they are, and the curve so
-    far."""
+    """What training changes and a checkpoint keeps: the objects, where they are, the curve."""
 
     net: torch.nn.Module
     opt: torch.optim.Optimizer

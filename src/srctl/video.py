@@ -50,8 +50,7 @@ def _decoded(inp, vin, ain, batch: int) -> Iterator[list]:
 
 
 def _upscaled(net: M.ESPCN, frames: list, tile: int, amp: torch.dtype | None, yuv: bool) -> list:
-    """Decoded frames -> upscaled frames (yuv420p made on the model's device when `yuv`, else
-    rgb24)."""
+    """Decoded frames -> upscaled ones (yuv420p made on the model's device if `yuv`, else rgb24)."""
     import av
 
     device = next(net.parameters()).device
