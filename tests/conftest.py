@@ -180,6 +180,14 @@ def start_server(cmd: list[str], probe: str, env: dict, cwd: Path) -> subprocess
     pytest.fail(f"{cmd[2:4]} did not start: " + proc.stdout.read())
 
 
+def serve_champion(env: dict, cwd: Path) -> tuple[subprocess.Popen, str]:
+    """`srctl serve --model espcn-x3@champion` on a free local port, once it answers; (proc, url)"""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "srctl.cli", "serve", "--model", "espcn-x3@champion"]
+    return start_server([*cmd, "--port", str(port)], f"{url}/ping", env, cwd), url
+
+
 def stop_server(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:

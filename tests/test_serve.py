@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import sys
 
 import pytest
 import requests
@@ -15,7 +14,7 @@ from PIL import Image
 from srctl import model as M
 from srctl import registry
 
-from conftest import DATASETS, free_port, start_server, stop_server, tiny_params
+from conftest import DATASETS, serve_champion, stop_server, tiny_params
 
 
 @pytest.fixture(scope="module")
@@ -42,23 +41,7 @@ def server(tmp_path_factory):
         os.chdir(cwd)
         os.environ.clear()
         os.environ.update(old)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_server(
-        [
-            sys.executable,
-            "-m",
-            "srctl.cli",
-            "serve",
-            "--model",
-            "espcn-x3@champion",
-            "--port",
-            str(port),
-        ],
-        f"{url}/ping",
-        env,
-        root,
-    )
+    proc, url = serve_champion(env, root)
     yield url
     stop_server(proc)
 

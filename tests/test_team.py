@@ -17,7 +17,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import BSDS300, free_port, start_server, stop_server, tiny_project
+from conftest import BSDS300, free_port, serve_champion, start_server, stop_server, tiny_project
 
 BIN = Path(sys.executable).parent
 
@@ -108,22 +108,7 @@ def test_infer_loads_the_model_back_through_the_server(team_repo, tmp_path, phot
 
 def test_serve_the_champion_registered_on_the_server(team_repo, photo):
     repo, env = team_repo
-    url = f"http://127.0.0.1:{free_port()}"
-    proc = start_server(
-        [
-            sys.executable,
-            "-m",
-            "srctl.cli",
-            "serve",
-            "--model",
-            "espcn-x3@champion",
-            "--port",
-            url.rsplit(":", 1)[1],
-        ],
-        f"{url}/ping",
-        env,
-        repo,
-    )
+    proc, url = serve_champion(env, repo)
     try:
         raw = photo.read_bytes()
         res = requests.post(
