@@ -253,10 +253,9 @@ def test_folders_globs_and_batches(tmp_path, model_dir, capsys):
 
     folder = tmp_path / "shots"
     folder.mkdir()
-    for name in ("b.jpg", "a.JPG", "c.png"):
-        Image.open(BSDS300 / "images" / "test" / "3096.jpg").convert("RGB").crop(
-            (0, 0, 30, 20)
-        ).save(folder / name)
+    photo = Image.open(BSDS300 / "images" / "test" / "3096.jpg").convert("RGB")
+    for i, name in enumerate(("b.jpg", "a.JPG", "c.png")):  # a different crop each: order shows
+        photo.crop((180 + 40 * i, 130, 210 + 40 * i, 150)).save(folder / name)
     (folder / "notes.txt").write_text("not an image")
     assert [p.name for p in collect_inputs([str(folder)])] == ["a.JPG", "b.jpg", "c.png"]
     assert [p.name for p in collect_inputs([str(folder / "*.jpg"), str(folder / "b.jpg")])] == [
@@ -265,15 +264,17 @@ def test_folders_globs_and_batches(tmp_path, model_dir, capsys):
     (gif,) = collect_inputs([str(folder / "*.gif")])
     with pytest.raises(SrctlError, match="no such file matches"):
         open_image(gif)
-    # three same-size images go through the network as one batch: same result as one by one
+    # three same-size images go through the network as one batch: same result as one by one, up
+    # to float rounding (oneDNN may pick another convolution kernel for a batch of 3 than for 1, so
+    # a pixel near x.5 can round the other way: seen on a CI machine)
     assert infer(collect_inputs([str(folder)]), model_dir, tmp_path / "out") == 0
     net = M.load(model_dir)
     for name in ("a", "b", "c"):
         src = next(folder.glob(f"{name}.*"))
-        alone = upscale_image(net, open_image(src))
-        assert np.array_equal(
-            np.asarray(Image.open(tmp_path / "out" / f"{name}.png")), np.asarray(alone)
-        )
+        alone = np.asarray(upscale_image(net, open_image(src)), dtype=int)
+        batched = np.asarray(Image.open(tmp_path / "out" / f"{name}.png"), dtype=int)
+        assert batched.shape == alone.shape and np.abs(batched - alone).max() <= 1
+        assert (batched != alone).mean() < 0.001
 
 
 def test_icc_profile_kept_and_output_format_from_the_name(tmp_path, model_dir):
