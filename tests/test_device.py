@@ -22,3 +22,19 @@ def test_precision_as_asked_else_what_the_hardware_computes_natively():
     assert D.precision(None, cpu) is D.autocast_dtype(cpu)
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     assert D.autocast_dtype(cpu) is (torch.bfloat16 if native else None)
+
+
+def test_torch_held_to_avx2_trains_and_infers_in_fp32():
+    """ATEN_CPU_CAPABILITY=avx2 (what an AVX2-only CPU runs; also how bench/ approximates one):
+    bf16 is not native there, so the auto precision is fp32 even on a CPU with AVX512-BF16."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from srctl import device as D; print(D.autocast_dtype(torch.device('cpu')))"
+    )
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "None"

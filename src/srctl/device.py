@@ -25,7 +25,9 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
         return torch.float16
     cpu_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return torch.bfloat16 if cpu_bf16 or amx else None
+    # ATEN_CPU_CAPABILITY=avx2 holds torch to AVX2, where bf16 is no longer native: fp32 then
+    avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
+    return torch.bfloat16 if (cpu_bf16 or amx) and avx512 else None
 
 
 PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
