@@ -11,7 +11,9 @@ import glob
 import io
 import os
 import sys
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -263,13 +265,15 @@ def infer(
         total=len(inputs), unit="img", disable=not progress or len(inputs) < 2, file=sys.stderr
     )
 
+    lock = threading.Lock()  # the writer thread fails files too
+
     def fail(exc: SrctlError) -> None:
         nonlocal failed
-        failed += 1
+        with lock:
+            failed += 1
         bar.write(f"error: {exc}", file=sys.stderr)
 
-    def run(batch: list[tuple[Path, Path, torch.Tensor, bytes | None]]) -> None:
-        results = upscale_batch(net, torch.stack([x for _, _, x, _ in batch]), tile, amp, progress)
+    def write(batch: list[tuple[Path, Path, torch.Tensor, bytes | None]], results) -> None:
         for (src, dst, _, icc), result in zip(batch, results, strict=True):
             try:
                 img = to_image(result)
@@ -289,8 +293,19 @@ def infer(
                 continue
             yield src, dst, to_tensor(img), img.info.get("icc_profile")
 
-    for batch in _batches(decoded(), tile):
-        run(batch)
+    # PNG encoding (Pillow lets go of the GIL) overlaps decoding and the next batch's network; one
+    # batch is written while the next is computed, no more, so memory stays bounded
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        writing = None
+        for batch in _batches(decoded(), tile):
+            results = upscale_batch(
+                net, torch.stack([x for _, _, x, _ in batch]), tile, amp, progress
+            )
+            if writing:
+                writing.result()
+            writing = writer.submit(write, batch, results)
+        if writing:
+            writing.result()
     bar.close()
     return failed
 
