@@ -6,7 +6,7 @@
 #   2. `srctl video` on a 300-frame 1280x720 clip with an AAC track (bench/video_speed.py makes it from a
 #      BSDS300 photo panned): the default options, then --preset ultrafast --batch 16;
 #   3. `python bench/train_throughput.py --device cuda`;
-#   4. the full profile (train.epochs=150, `make full`'s recipe) with the time that is left: when the
+#   4. the full profile (`make full`'s recipe, FULL_PROFILE in the Makefile) with the time that is left: when the
 #      150,000 steps do not fit, it is stopped (checkpoint kept) and the results give its steps/s and
 #      the extrapolated train time instead of scores;
 # and writes $OUT/gpu_results.md and .json (GPU, torch, each command, its wall time, its numbers),
@@ -16,7 +16,7 @@
 # from the repo root with carry [".whl", ".gpu-data"]:   bash bench/gpu.sh
 # Everything runs in copies under $GPU_SH_WORK (default /tmp/gpuw): the checkout is left as it was.
 #   GPU_SH_BUDGET=350        seconds for the whole script (the full profile gets what the rest leaves)
-#   GPU_SH_FULL_EPOCHS=150   the full profile's epochs
+#   GPU_SH_FULL_EPOCHS=150   the full profile's epochs (default: FULL_PROFILE's)
 #   GPU_SH_TP_SECONDS=5      measuring time per loop of train_throughput.py
 #   PYTHON=python3           the Python that has torch
 #   GPU_SH_SKIP="gpu_check video throughput"   steps to leave out (a second run that wants the
@@ -30,7 +30,8 @@ PY=$(command -v "${PYTHON:-python3}") || { echo "no ${PYTHON:-python3}" >&2; exi
 WORK=${GPU_SH_WORK:-/tmp/gpuw}
 OUT=${OUT:-/tmp/gpu-out}
 BUDGET=${GPU_SH_BUDGET:-$([ "$DRY" = 1 ] && echo 1500 || echo 350)}
-FULL_EPOCHS=${GPU_SH_FULL_EPOCHS:-150}
+FULL_PROFILE=$(sed -n 's/^FULL_PROFILE *:= *//p' "$REPO/Makefile")  # `make full`'s overrides
+FULL_EPOCHS=${GPU_SH_FULL_EPOCHS:-$(grep -o 'train.epochs=[0-9]*' <<<"$FULL_PROFILE" | cut -d= -f2)}
 TP_SECONDS=${GPU_SH_TP_SECONDS:-5}
 RESERVE=15  # seconds kept for the summary and the log archive
 T0=$(date +%s.%N)
@@ -433,7 +434,9 @@ if [ -d "$R/data/prepared" ] && [ "$TRAINED" = 1 ]; then
   F=$WORK/full
   cp -a "$R" "$F" && rm -rf "$F/mlflow.db" "$F/mlartifacts" "$F/models/checkpoint.pt" "$F/.dvc/tmp" \
     "$F/metrics/"*.json "$F/metrics/train_log.csv" "$F/models/"{mlflow_run,registered}.json
-  setp "$F/params.yaml" train.epochs="$FULL_EPOCHS"
+  # shellcheck disable=SC2086  # one word per override
+  setp "$F/params.yaml" $FULL_PROFILE train.epochs="$FULL_EPOCHS"
+  [ "$DRY" = 1 ] && setp "$F/params.yaml" train.steps_per_epoch=10  # the dry run's size again
   EVAL_RESERVE=$([ "$DRY" = 1 ] && echo 60 || echo 45)  # for evaluate + benchmark + register if training ends in time
   left=$(( $(remaining) - RESERVE - EVAL_RESERVE ))
   [ -n "${GPU_SH_FULL_TIMEOUT:-}" ] && (( GPU_SH_FULL_TIMEOUT < left )) && left=$GPU_SH_FULL_TIMEOUT

@@ -28,6 +28,28 @@ def test_paper_variant_is_three_tanh_layers_and_roundtrips(tmp_path):
     torch.testing.assert_close(M.load(tmp_path)(x), net.eval()(x))
 
 
+def test_residual_variant_adds_the_bicubic_upscale_and_roundtrips(tmp_path):
+    import torch.nn.functional as F
+
+    net = M.ESPCN.named("residual", 3).eval()
+    assert sum(p.numel() for p in net.parameters()) == 59_657  # the seed's layers, nothing more
+    x = torch.rand(2, 1, 9, 7)
+    last = net.body[-2]
+    with torch.no_grad():  # no residual left: the network is bicubic itself
+        last.weight.zero_()
+        last.bias.zero_()
+    bicubic = F.interpolate(x, scale_factor=3, mode="bicubic", align_corners=False)
+    torch.testing.assert_close(net(x), bicubic)
+    M.save(M.ESPCN.named("residual", 3), tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["residual"] is True
+    assert M.load(tmp_path).residual
+    # configs saved before the residual variant existed load as whole-image networks
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["residual"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert not M.load(tmp_path).residual
+
+
 def test_orthogonal_init():
     w = (
         M.ESPCN(3).body[0].weight.reshape(64, -1)
@@ -52,6 +74,7 @@ def test_save_load_roundtrip_without_pickle(tmp_path):
         {"arch": "espcn", "scale": 9, "features": [64]},
         [1, 2],
         {"arch": "espcn", "scale": 3, "features": [64], "activation": "gelu"},
+        {"arch": "espcn", "scale": 3, "features": [64], "residual": "yes"},
     ],
 )
 def test_invalid_config_is_refused(tmp_path, config):

@@ -78,7 +78,7 @@ def test_run_is_complete_in_mlflow_and_registered(repo):
     assert json.loads((repo / "models" / "registered.json").read_text())["promoted"] is True
     # what the MLflow UI shows: a run named for what ran, BSDS300 as its dataset, versions told
     # apart
-    assert run.info.run_name == "x3-seed-20"
+    assert run.info.run_name == "x3-residual-20"
     (used,) = run.inputs.dataset_inputs
     assert (
         used.dataset.name == "BSDS300"
@@ -90,7 +90,7 @@ def test_run_is_complete_in_mlflow_and_registered(repo):
     }  # Set14 is absent here
     psnr = run.data.metrics["psnr"]
     assert champion.description.startswith(
-        f"x3 seed, 20 steps (run x3-seed-20): BSDS300 test {psnr:.2f} dB"
+        f"x3 residual, 20 steps (run x3-residual-20): BSDS300 test {psnr:.2f} dB"
     )
 
 

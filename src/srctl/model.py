@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from srctl.errors import SrctlError
@@ -17,12 +18,13 @@ from srctl.files import atomic_path
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 # params.yaml's train.arch: hidden widths and activation
+# params.yaml's train.arch: hidden widths, activation, and whether the network adds its output to
+# the bicubic upscale of its input (learns the residual, as VDSR does) or makes the whole image
 ARCHS = {
-    "seed": ((64, 64, 32), "relu"),  # the seed's network: 59,657 parameters
-    "paper": (
-        (64, 32),
-        "tanh",
-    ),  # Shi et al.'s: 5x5 64, 3x3 32, 3x3 r^2, tanh (22,729 parameters at x3)
+    "seed": ((64, 64, 32), "relu", False),  # the seed's network: 59,657 parameters
+    # Shi et al.'s: 5x5 64, 3x3 32, 3x3 r^2, tanh (22,729 parameters at x3)
+    "paper": ((64, 32), "tanh", False),
+    "residual": ((64, 64, 32), "relu", True),  # the seed's, on top of bicubic
 }
 
 
@@ -31,10 +33,15 @@ class ESPCN(nn.Module):
     PixelShuffle(r)."""
 
     def __init__(
-        self, scale: int = 3, features: tuple[int, ...] = (64, 64, 32), activation: str = "relu"
+        self,
+        scale: int = 3,
+        features: tuple[int, ...] = (64, 64, 32),
+        activation: str = "relu",
+        residual: bool = False,
     ):
         super().__init__()
         self.scale, self.features, self.activation = scale, tuple(features), activation
+        self.residual = residual
         chans = (1, *self.features)
         layers: list[nn.Module] = []
         for i, (cin, cout) in enumerate(zip(chans, chans[1:], strict=False)):
@@ -51,11 +58,13 @@ class ESPCN(nn.Module):
 
     @classmethod
     def named(cls, arch: str, scale: int) -> ESPCN:
-        features, activation = ARCHS[arch]
-        return cls(scale, features, activation)
+        return cls(scale, *ARCHS[arch])
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.body(y)
+        if not self.residual:
+            return self.body(y)
+        up = F.interpolate(y, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        return self.body(y) + up
 
     def config(self) -> dict:
         return {
@@ -63,6 +72,7 @@ class ESPCN(nn.Module):
             "scale": self.scale,
             "features": list(self.features),
             "activation": self.activation,
+            "residual": self.residual,
         }
 
 
@@ -87,13 +97,15 @@ def _validated(config: object, where: Path) -> tuple[int, tuple[int, ...], str]:
         and all(isinstance(f, int) and 1 <= f <= 1024 for f in config["features"])
         and config.get("activation", "relu")
         in ACTIVATIONS  # models saved before tanh existed are ReLU
+        and config.get("residual", False) in (True, False)  # and before residual, whole images
     )
     if not ok:
         raise SrctlError(
             f"{where}: not a valid ESPCN config "
-            "(need arch=espcn, scale 2-4, features list, relu|tanh)"
+            "(need arch=espcn, scale 2-4, features list, relu|tanh, residual true|false)"
         )
-    return config["scale"], tuple(config["features"]), config.get("activation", "relu")
+    features, activation = tuple(config["features"]), config.get("activation", "relu")
+    return config["scale"], features, activation, config.get("residual", False)
 
 
 def load(folder: Path, device: str | torch.device = "cpu") -> ESPCN:

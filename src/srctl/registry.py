@@ -89,7 +89,7 @@ def check_reachable() -> None:
 
 
 def run_name(params: P.Params) -> str:
-    """A run's name in the MLflow UI: the DVC experiment's, else what ran (x3-seed-30k)."""
+    """A run's name in the MLflow UI: the DVC experiment's, else what ran (x3-residual-18k)."""
     steps = params.train.epochs * params.train.steps_per_epoch
     label = f"{steps // 1000}k" if steps % 1000 == 0 else str(steps)
     return os.environ.get("DVC_EXP_NAME") or f"x{params.scale}-{params.train.arch}-{label}"
