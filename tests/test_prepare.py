@@ -16,6 +16,22 @@ def test_prepared_pairs_are_aligned_uint8_stacks(prepared_dir, raw_dir):
     assert len(list(prepared_dir.iterdir())) == 2  # two compact files, not thousands
 
 
+def test_the_same_data_makes_the_same_bytes(prepared_dir, raw_dir, tmp_path):
+    """DVC hashes the files: preparing the same images again, in another process, must not look
+    like a change (with two metadata entries, safetensors wrote them in a random order)."""
+    import subprocess
+    import sys
+
+    code = "import sys; from pathlib import Path; from srctl import params as P; "
+    code += "from srctl.prepare import prepare; prepare(Path(sys.argv[1]), Path(sys.argv[2]), 3, "
+    code += "P.Prepare())"
+    for i in range(4):
+        out = tmp_path / str(i)
+        subprocess.run([sys.executable, "-c", code, str(raw_dir), str(out)], check=True)
+        for name in ("train.safetensors", "test.safetensors"):
+            assert (out / name).read_bytes() == (prepared_dir / name).read_bytes()
+
+
 def test_lr_is_the_antialiased_bicubic_downscale(prepared_dir, raw_dir):
     first = sorted((raw_dir / "BSDS300" / "images" / "train").glob("*.jpg"))[0]
     img = Image.open(first).convert("RGB")

@@ -6,6 +6,7 @@ keeps resident (on the GPU too)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,9 @@ def prepare(raw_dir: Path, out_dir: Path, scale: int, cfg: P.Prepare) -> dict[st
     from safetensors.torch import save_file
 
     dataset = raw_dir / "BSDS300"
-    meta = {"scale": str(scale), "dataset_sha256": content_hash(dataset)}
+    # one metadata entry: safetensors writes several in a random order, so the same data would get
+    # another file hash (and DVC would see a change) on every run
+    meta = {"srctl": json.dumps({"scale": str(scale), "dataset_sha256": content_hash(dataset)})}
     counts = {}
     with atomic_dir(out_dir) as tmp:
         for split, limit in (("train", cfg.max_train_images), ("test", cfg.max_test_images)):
@@ -63,7 +66,8 @@ def load_split(
     if not path.is_file():
         raise SrctlError(f"{path}: missing; run the prepare stage first")
     with safe_open(str(path), framework="pt", device=str(device)) as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+        meta = f.metadata()
+        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(meta.pop("srctl", "{}")) | meta
 
 
 def main() -> None:
