@@ -30,7 +30,7 @@ ARCHS = {
 
 class ESPCN(nn.Module):
     """conv5x5 1->f1, then conv3x3 for each further width (activation after each), conv3x3 ->r^2,
-    PixelShuffle(r)."""
+    PixelShuffle(r); with `residual`, plus the bicubic upscale of the input."""
 
     def __init__(
         self,
