@@ -17,7 +17,6 @@ from srctl.files import atomic_path
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
-# params.yaml's train.arch: hidden widths and activation
 # params.yaml's train.arch: hidden widths, activation, and whether the network adds its output to
 # the bicubic upscale of its input (learns the residual, as VDSR does) or makes the whole image
 ARCHS = {
@@ -87,7 +86,7 @@ def save(model: ESPCN, folder: Path) -> None:
         tmp.write_text(json.dumps(model.config(), indent=2) + "\n")
 
 
-def _validated(config: object, where: Path) -> tuple[int, tuple[int, ...], str]:
+def _validated(config: object, where: Path) -> tuple[int, tuple[int, ...], str, bool]:
     ok = (
         isinstance(config, dict)
         and config.get("arch") == "espcn"
