@@ -80,22 +80,7 @@ step() {
 }
 
 # setp FILE key.sub=VALUE...: a params.yaml of a copy (never the checkout's), VALUE read as YAML
-setp() {
-  "$PY" - "$@" <<'EOF'
-import sys, yaml
-path, pairs = sys.argv[1], sys.argv[2:]
-doc = yaml.safe_load(open(path))
-for kv in pairs:
-    key, value = kv.split("=", 1)
-    *parents, leaf = key.split(".")
-    d = doc
-    for p in parents:
-        d = d[p]
-    d[leaf] = yaml.safe_load(value)
-with open(path, "w") as f:
-    yaml.safe_dump(doc, f, sort_keys=False)
-EOF
-}
+setp() { "$PY" "$REPO/bench/set_params.py" "$1" "$@"; }
 
 # unxz_tar FILE.tar.xz DIR (Python's lzma where the image has no xz)
 unxz_tar() {

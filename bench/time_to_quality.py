@@ -9,7 +9,7 @@ To see what a CPU with AVX2 only does on a bigger one (an approximation; name it
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python bench/time_to_quality.py \
         -S train.precision=fp32
 Usage (from the repo root, after `make repro`):
-    python bench/time_to_quality.py [-S train.epochs=10 -S train.ema=0.999 ...] [--label NAME]
+    python bench/time_to_quality.py [-S train.epochs=10 -S train.batch_size=20 ...] [--label NAME]
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMITED = os.environ.get("ATEN_CPU_CAPABILITY") or os.environ.get("ONEDNN_MAX_CPU_ISA")
@@ -49,20 +47,6 @@ def cpu() -> str:
     return f"{name} ({'+'.join(native) or '?'}; torch uses {used}{', limited' if LIMITED else ''})"
 
 
-def overridden(overrides: list[str], out: Path) -> Path:
-    """params.yaml with `key.sub=value` overrides (values read as YAML), written to `out`."""
-    values = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for item in overrides:
-        key, _, raw = item.partition("=")
-        *parents, last = key.split(".")
-        node = values
-        for part in parents:
-            node = node[part]
-        node[last] = yaml.safe_load(raw)
-    out.write_text(yaml.safe_dump(values, sort_keys=False))  # Set5, Set14, BSD100 in this order
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-S", dest="overrides", action="append", default=[], help="key=value")
@@ -71,12 +55,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="srctl-ttq-"))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work}/mlflow.db"
 
+    from set_params import set_params  # bench/, beside this script
+
     from srctl import model as M
     from srctl import params as P
     from srctl.benchmark import benchmark, set_folders
     from srctl.train import train
 
-    params = P.load(overridden(args.overrides, work / "params.yaml"))
+    params = P.load(set_params(ROOT / "params.yaml", work / "params.yaml", args.overrides))
     started = time.perf_counter()
     summary = train(
         params, ROOT / "data" / "prepared", work / "model", work / "metrics", work / "run.json"
