@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: install repro full scales test lint format ui clean
+.PHONY: install repro full real scales test lint format ui clean
 
 # The stamp is rebuilt when pyproject.toml changes, so `make` after a pull installs what it needs.
 $(VENV)/.installed: pyproject.toml
@@ -28,6 +28,12 @@ FULL_PROFILE := train.arch=seed train.batch_size=20 train.steps_per_epoch=1000 t
 
 full: install
 	dvc exp run --temp $(addprefix -S ,$(FULL_PROFILE))
+
+# A model for compressed, noisy pictures (messengers' JPEGs, old scans, video calls): trained on the
+# params' degrade chain, scored on JPEG q50 inputs, registered as espcn-x<scale>-real with a champion
+# of its own. `srctl infer --model espcn-x3-real@champion photo.jpg` uses it.
+real: install
+	dvc exp run --temp -S train.degradation=real
 
 scales: install
 	dvc exp run --temp -S scale=2

@@ -70,7 +70,7 @@ def prepared_dir(raw_dir, tmp_path_factory) -> Path:
     from srctl.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared") / "prepared"
-    prepare(raw_dir, out, 3, P.Prepare())
+    prepare(raw_dir, out, P.Params())
     return out
 
 

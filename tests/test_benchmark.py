@@ -21,9 +21,14 @@ def test_bicubic_rows_reproduce_the_literature_and_absent_sets_are_reported(tmp_
     assert results["Set5"]["bicubic_psnr"] == pytest.approx(30.39, abs=0.05)
     assert results["Set14"]["bicubic_psnr"] == pytest.approx(27.55, abs=0.05)
     assert results["Set5"]["images"] == 5 and results["Set14"]["images"] == 14
-    assert results["Nowhere"] is None
+    # LR inputs as a messenger's JPEG (q50, 4:2:0): bicubic as ../shared/NOTES.md measured it
+    assert results["Set5-jpeg50"]["bicubic_psnr"] == pytest.approx(28.25, abs=0.01)
+    assert results["Set14-jpeg50"]["bicubic_psnr"] == pytest.approx(26.08, abs=0.01)
+    assert results["Nowhere"] is None and results["Nowhere-jpeg50"] is None
     text = B.report(results, sets, 3, "ESPCN")
     assert text.splitlines()[0] == "| x3 | Set5 | Set14 | Nowhere |"
+    assert text.splitlines()[4].startswith("| bicubic, LR as JPEG q50 | 28.25")
+    assert text.splitlines()[5].startswith("| ESPCN, LR as JPEG q50 | ")
     assert (
         "| bicubic | 30.4" in text
         and "absent |" in text
@@ -52,6 +57,7 @@ def test_srctl_benchmark_scores_a_logged_model_into_its_run(logged_model_store, 
     assert (
         metrics["Set5/bicubic_psnr"] == pytest.approx(30.40, abs=0.01)
         and metrics["Set5/images"] == 5
+        and metrics["Set5-jpeg50/bicubic_psnr"] == pytest.approx(28.25, abs=0.01)
     )
 
     res = srctl_cli("benchmark", "--model", "espcn-x3@nobody", cwd=tmp_path)

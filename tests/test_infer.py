@@ -236,16 +236,54 @@ def test_cli_batch_of_good_odd_and_bad_files(tmp_path, logged_model_store):
     assert {p: p.read_bytes() for p in before} == before  # inputs untouched
 
 
-def test_tiles_equal_untiled_inference(photo):
+@pytest.mark.parametrize("arch", ["seed", "contrast"])
+def test_tiles_equal_untiled_inference(photo, arch):
     import torch
 
     torch.manual_seed(3)
-    net = M.ESPCN(3).eval()
+    net = M.ESPCN.named(arch, 3).eval()
     img = Image.open(photo).convert("RGB").crop((0, 0, 203, 151))
     whole = np.asarray(upscale_image(net, img, tile=10_000), dtype=int)
     for tile in (16, 50):
         tiled = np.asarray(upscale_image(net, img, tile=tile), dtype=int)
         assert np.abs(tiled - whole).max() <= 1  # at most 1/255, from float summation order
+
+
+def _flat_error(net, amp) -> int:
+    """The largest change, in levels, of a flat region through upscale_batch: whole grey pictures
+    of every level 0..255 (borders included), and two-level pictures (a vertical edge) away from
+    the edge by the receptive field and bicubic's reach."""
+    import torch
+
+    from srctl.infer import receptive_radius, upscale_batch
+
+    levels = torch.arange(256, dtype=torch.uint8)
+    flat = levels[:, None, None, None].expand(256, 3, 14, 12).contiguous()
+    worst = (upscale_batch(net, flat, amp=amp).int() - flat[:, :, :1, :1].int()).abs().max()
+    pairs = torch.tensor([[0, 255], [0, 40], [16, 235], [128, 131], [255, 200], [7, 0]])
+    edge = pairs[:, :, None].repeat_interleave(10, dim=2)[:, None, None].expand(-1, 3, 14, 2, 10)
+    edge = edge.reshape(len(pairs), 3, 14, 20).to(torch.uint8)
+    out = upscale_batch(net, edge, amp=amp).int()
+    s, reach = net.scale, (receptive_radius(net) + 2) * net.scale
+    for side, col in ((0, slice(0, 10 * s - reach)), (1, slice(10 * s + reach, None))):
+        want = pairs[:, side, None, None, None].int()
+        worst = max(worst, (out[..., col] - want).abs().max())
+    return int(worst)
+
+
+def test_flat_and_dark_regions_keep_their_level():
+    """The contrast network (the default's) keeps every flat region within 1 level, whatever its
+    weights (random and large here, as no training reaches), in fp32 and bf16; the residual one
+    with biases does not (what issue 13 saw: black lifted to 2-7)."""
+    import torch
+
+    torch.manual_seed(0)
+    net = M.ESPCN.named("contrast", 3).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    assert _flat_error(net, None) <= 1 and _flat_error(net, torch.bfloat16) <= 1
+    assert _flat_error(M.ESPCN.named("residual", 3).eval(), None) > 1
 
 
 def test_folders_globs_and_batches(tmp_path, model_dir, capsys):

@@ -50,6 +50,25 @@ def test_residual_variant_adds_the_bicubic_upscale_and_roundtrips(tmp_path):
     assert not M.load(tmp_path).residual
 
 
+def test_contrast_variant_has_no_bias_and_zero_sum_first_filters(tmp_path):
+    """Structural, so it holds for whatever weights training reaches: here random ones."""
+    net = M.ESPCN.named("contrast", 3).eval()
+    assert all(c.bias is None for c in net.modules() if isinstance(c, torch.nn.Conv2d))
+    assert sum(p.numel() for p in net.parameters()) == 59_488
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        for level in (0.0, 0.5, 1.0):  # a flat picture of any level comes out the same level
+            x = torch.full((1, 1, 12, 9), level)
+            torch.testing.assert_close(net(x), torch.full((1, 1, 36, 27), level))
+        x = torch.rand(1, 1, 12, 9)
+        # blind to the level: a brighter picture gets the same residual on a brighter bicubic
+        assert (net(x + 0.25) - net(x) - 0.25).abs().max() < 1e-4
+    M.save(net, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["contrast"] is True
+    torch.testing.assert_close(M.load(tmp_path)(x), net(x))
+
+
 def test_orthogonal_init():
     w = (
         M.ESPCN(3).body[0].weight.reshape(64, -1)
@@ -75,6 +94,7 @@ def test_save_load_roundtrip_without_pickle(tmp_path):
         [1, 2],
         {"arch": "espcn", "scale": 3, "features": [64], "activation": "gelu"},
         {"arch": "espcn", "scale": 3, "features": [64], "residual": "yes"},
+        {"arch": "espcn", "scale": 3, "features": [64], "contrast": True},  # needs residual
     ],
 )
 def test_invalid_config_is_refused(tmp_path, config):

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_repo_params_load_and_flatten():
     p = P.load(ROOT / "params.yaml")
     assert p.scale == 3 and p.registered_name == "espcn-x3"
+    real = P.Params(train=P.Train(degradation="real"))
+    assert real.registered_name == "espcn-x3-real"  # its own model, its own champion
     flat = p.flat()
     assert flat["train.lr"] == p.train.lr and flat["scale"] == 3
 
@@ -24,19 +27,25 @@ def test_repo_params_load_and_flatten():
         ("train: [1, 2]", "'train' must be a mapping"),
         ("train: {precision: fp8}", "train.precision must be auto or fp32"),
         ("train: {compile: off}", "'train.compile' must be str, got False"),
-        ("train: {arch: srcnn}", "train.arch must be seed, paper or residual"),
+        ("train: {arch: srcnn}", "train.arch must be seed, paper, residual or contrast"),
         ("benchmark: {sets: {Set5: 5}}", "benchmark.sets must map set names to folders"),
         (
             "train: {processes: 3, batch_size: 20}",
             "train.processes must be >= 1 and divide train.batch_size (20), got 3",
         ),
         ("train: {processes: 0}", "train.processes must be >= 1"),
+        ("train: {degradation: jpeg}", "train.degradation must be clean or real"),
+        ("degrade: {jpeg: 2}", "degrade.jpeg is a probability (0..1), got 2"),
+        ("degrade: {jpeg_quality: [90, 30]}", "degrade.jpeg_quality must be [low, high]"),
+        ("degrade: {noise_sigma: [1]}", "degrade.noise_sigma must be [low, high]"),
+        ("degrade: {kernels: [lanczos]}", "degrade.kernels must name some of bicubic"),
+        ("degrade: {variants: 0}", "degrade.variants must be >= 1"),
     ],
 )
 def test_bad_params_are_one_line_errors(tmp_path, text, message):
     path = tmp_path / "params.yaml"
     path.write_text(text)
-    with pytest.raises(SrctlError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(SrctlError, match=re.escape(message)):
         P.load(path)
 
 

@@ -78,19 +78,19 @@ def test_run_is_complete_in_mlflow_and_registered(repo):
     assert json.loads((repo / "models" / "registered.json").read_text())["promoted"] is True
     # what the MLflow UI shows: a run named for what ran, BSDS300 as its dataset, versions told
     # apart
-    assert run.info.run_name == "x3-residual-20"
+    assert run.info.run_name == "x3-contrast-20"
     (used,) = run.inputs.dataset_inputs
     assert (
         used.dataset.name == "BSDS300"
         and used.dataset.digest == run.data.tags["dataset_sha256"][:16]
     )
     assert {t.key: t.value for t in used.tags}["content_sha256"] == run.data.tags["dataset_sha256"]
-    assert champion.tags == {
-        "Set5/psnr": f"{run.data.metrics['Set5/psnr']:.2f}"
-    }  # Set14 is absent here
+    assert champion.tags == {  # Set14 is absent here
+        key: f"{run.data.metrics[key]:.2f}" for key in ("Set5/psnr", "Set5-jpeg50/psnr")
+    }
     psnr = run.data.metrics["psnr"]
     assert champion.description.startswith(
-        f"x3 residual, 20 steps (run x3-residual-20): BSDS300 test {psnr:.2f} dB"
+        f"x3 contrast clean, 20 steps (run x3-contrast-20): BSDS300 test {psnr:.2f} dB"
     )
 
 
@@ -182,6 +182,40 @@ def test_dvc_exp_run_temp_trains_its_own_params_in_its_copy_into_the_repo_store(
     assert run.data.params["train.steps_per_epoch"] == "7" and run.data.metrics["steps"] == 7
     assert run.info.artifact_uri.startswith((repo / "mlartifacts").as_uri())
     assert run.data.metrics["Set5/images"] == 5  # set folders relative to the repo, not to the copy
+
+
+def test_make_real_registers_its_own_model_scored_on_jpeg_inputs(repo, tmp_path, photo):
+    """`make real`'s command: a model of degraded pictures, in its own registered model (the clean
+    champion stays), its run marked as such, scored on JPEG q50 inputs; then used by name."""
+    repo, env = repo
+    import mlflow
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    command = makefile.split("\nreal: install\n\t", 1)[1].splitlines()[0].split()
+    assert command[:4] == ["dvc", "exp", "run", "--temp"]
+    res = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    real = client.get_model_version_by_alias("espcn-x3-real", "champion")
+    run = client.get_run(real.run_id)
+    assert run.data.params["train.degradation"] == "real" and run.data.tags["degradation"] == "real"
+    assert "Set5-jpeg50/psnr" in run.data.metrics and "LR as JPEG q50" in real.description
+    clean_id = json.loads((repo / "models" / "mlflow_run.json").read_text())["run_id"]
+    clean = client.get_run(clean_id).data.metrics
+    # its BSDS300 score is on JPEG inputs: bicubic from them is well below bicubic from clean ones
+    assert run.data.metrics["bicubic_psnr"] < clean["bicubic_psnr"] - 0.5
+    assert client.get_model_version_by_alias("espcn-x3", "champion").run_id == clean_id
+    srctl = Path(sys.executable).parent / "srctl"
+    out = tmp_path / "real.png"
+    res = subprocess.run(
+        [srctl, "infer", "--model", "espcn-x3-real@champion", str(photo), "-o", str(out)],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    assert Image.open(out).size == tuple(3 * s for s in Image.open(photo).size)
 
 
 def test_a_queued_sweep_runs_in_parallel_each_experiment_its_own_mlflow_run(repo):

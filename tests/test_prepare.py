@@ -10,7 +10,8 @@ from srctl.prepare import load_split
 def test_prepared_pairs_are_aligned_uint8_stacks(prepared_dir, raw_dir):
     train, meta = load_split(prepared_dir, "train")
     test, _ = load_split(prepared_dir, "test")
-    assert meta == {"scale": "3", "dataset_sha256": content_hash(raw_dir / "BSDS300")}
+    sha = content_hash(raw_dir / "BSDS300")
+    assert meta == {"scale": "3", "dataset_sha256": sha, "degradation": "clean"}
     assert train["hr"].shape == (4, 1, 321, 480) and train["lr"].shape == (4, 1, 107, 160)
     assert test["hr"].shape[0] == 2 and str(train["hr"].dtype) == "torch.uint8"
     assert len(list(prepared_dir.iterdir())) == 2  # two compact files, not thousands
@@ -23,8 +24,8 @@ def test_the_same_data_makes_the_same_bytes(prepared_dir, raw_dir, tmp_path):
     import sys
 
     code = "import sys; from pathlib import Path; from srctl import params as P; "
-    code += "from srctl.prepare import prepare; prepare(Path(sys.argv[1]), Path(sys.argv[2]), 3, "
-    code += "P.Prepare())"
+    code += "from srctl.prepare import prepare; prepare(Path(sys.argv[1]), Path(sys.argv[2]), "
+    code += "P.Params())"
     for i in range(4):
         out = tmp_path / str(i)
         subprocess.run([sys.executable, "-c", code, str(raw_dir), str(out)], check=True)
@@ -52,3 +53,37 @@ def test_lr_is_the_antialiased_bicubic_downscale(prepared_dir, raw_dir):
 def test_crop_to_multiple():
     assert crop_to_multiple(Image.new("RGB", (481, 321)), 3).size == (480, 321)
     assert crop_to_multiple(Image.new("RGB", (481, 321)), 4).size == (480, 320)
+
+
+def test_real_degradation_makes_a_seeded_pool_and_jpeg_test_inputs(raw_dir, tmp_path):
+    """train.degradation: real: each training image gets degrade.variants degraded LR copies
+    (the same bytes on every run), the test split the messenger's JPEG of the clean LR."""
+    import dataclasses
+
+    import torch
+
+    from srctl import degrade
+    from srctl import params as P
+    from srctl.prepare import prepare
+
+    base = P.Params()
+    params = dataclasses.replace(
+        base,
+        train=dataclasses.replace(base.train, degradation="real"),
+        degrade=dataclasses.replace(base.degrade, variants=3),
+    )
+    for out in ("a", "b"):
+        prepare(raw_dir, tmp_path / out, params)
+    train, meta = load_split(tmp_path / "a", "train")
+    test, _ = load_split(tmp_path / "a", "test")
+    assert meta["degradation"] == "real"
+    assert train["lr"].shape == (4, 3, 107, 160) and train["hr"].shape == (4, 1, 321, 480)
+    assert not torch.equal(train["lr"][:, 0], train["lr"][:, 1])  # three different copies
+    first = sorted((raw_dir / "BSDS300" / "images" / "test").glob("*.jpg"))[0]
+    img = Image.open(first).convert("RGB")
+    if img.height > img.width:
+        img = img.transpose(Image.Transpose.ROTATE_90)
+    want = y_channel(degrade.jpeg(downscale(crop_to_multiple(img, 3), 3)))
+    np.testing.assert_array_equal(test["lr"][0, 0].numpy(), want)
+    for name in ("train.safetensors", "test.safetensors"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()

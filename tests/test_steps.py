@@ -32,6 +32,19 @@ def test_device_drawn_symmetries_keep_patches_over_their_hr_blocks(prepared_dir)
     assert all(turned_like)
 
 
+@pytest.mark.parametrize("host_turns", [False, True])
+def test_patches_come_from_every_degraded_copy_of_an_image(host_turns):
+    """train.degradation: real gives each image V LR copies: a patch is cut from one of them, at
+    random, over the clean HR block (variant v is filled with v here)."""
+    lr = torch.arange(4, dtype=torch.uint8)[None, :, None, None].expand(2, 4, 20, 20).contiguous()
+    hr = torch.zeros(2, 1, 60, 60, dtype=torch.uint8)
+    gen, aug = torch.Generator().manual_seed(0), _NoTurn() if host_turns else None
+    a, b = sample_patches(lr, hr, 64, 5, 3, gen, aug)
+    values = (a * 255).round().flatten(1)
+    assert (values == values[:, :1]).all()  # one copy per patch
+    assert set(values[:, 0].tolist()) == {0.0, 1.0, 2.0, 3.0} and b.shape == (64, 1, 15, 15)
+
+
 class _NoTurn:
     """A host stream that always picks the identity (rotation 0, no flip)."""
 

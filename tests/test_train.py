@@ -97,6 +97,11 @@ def test_patch_larger_than_images_is_refused(prepared_dir, tmp_path, mlflow_stor
         _run(tiny_params(patch_size=500), prepared_dir, tmp_path, "e")
 
 
+def test_data_prepared_for_another_degradation_is_refused(prepared_dir, tmp_path, mlflow_store):
+    with pytest.raises(SrctlError, match="prepared for train.degradation clean, params say real"):
+        _run(tiny_params(degradation="real"), prepared_dir, tmp_path, "f")
+
+
 # --- interruption and resume, with real signals to a real `python -m srctl.train`
 # ----------------------
 
@@ -228,11 +233,10 @@ def test_a_checkpoint_of_other_params_or_damaged_is_not_resumed(
 def test_other_scales_and_the_paper_network_train(raw_dir, tmp_path, mlflow_store, scale, arch):
     import dataclasses
 
-    from srctl import params as P
     from srctl.prepare import prepare
 
-    prepare(raw_dir, tmp_path / "prepared", scale, P.Prepare())
     params = dataclasses.replace(tiny_params(arch=arch), scale=scale)
+    prepare(raw_dir, tmp_path / "prepared", params)
     summary, out = _run(params, tmp_path / "prepared", tmp_path, "run")
     net = M.load(out / "model")
     assert (net.scale, net.activation) == (scale, "tanh" if arch == "paper" else "relu")

@@ -1,6 +1,7 @@
 """Stage `benchmark`: the model and bicubic on the SR literature's test sets (Set5, Set14, BSD100).
 
-Scored exactly as `evaluate` scores BSDS300 (see evaluate.py), at the model's scale. A set whose
+Scored exactly as `evaluate` scores BSDS300 (see evaluate.py), at the model's scale, with clean LR
+inputs and with LR inputs saved as JPEG quality 50, 4:2:0 (what a messenger sends). A set whose
 folder is missing is reported as absent, never silently dropped. Also `srctl benchmark` for any
 logged model."""
 
@@ -11,12 +12,14 @@ from pathlib import Path
 from srctl import model as M
 from srctl import params as P
 from srctl import registry
+from srctl.degrade import MESSENGER_QUALITY
 from srctl.device import pick_device
 from srctl.errors import SrctlError, run_main
 from srctl.evaluate import evaluate
 from srctl.files import write_json
 
 IMAGES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".ppm"}
+JPEG = f"-jpeg{MESSENGER_QUALITY}"  # the rows of LR inputs saved as a messenger's JPEG
 
 
 def set_folders(params: P.Params, root: Path) -> dict[str, Path]:
@@ -26,7 +29,9 @@ def set_folders(params: P.Params, root: Path) -> dict[str, Path]:
 
 
 def benchmark(net: M.ESPCN, sets: dict[str, Path]) -> dict[str, dict | None]:
-    """Per set: mean PSNR/SSIM of the model and of bicubic, and the image count; None if absent."""
+    """Per set, with clean LR inputs (`Set5`) and with LR inputs saved as a messenger's JPEG
+    (`Set5-jpeg50`): mean PSNR/SSIM of the model and of bicubic, and the image count; None if
+    absent."""
     results: dict[str, dict | None] = {}
     for name, folder in sets.items():
         paths = (
@@ -34,7 +39,12 @@ def benchmark(net: M.ESPCN, sets: dict[str, Path]) -> dict[str, dict | None]:
             if folder.is_dir()
             else []
         )
-        results[name] = {**evaluate(net, paths)[0], "images": len(paths)} if paths else None
+        for suffix, quality in (("", None), (JPEG, MESSENGER_QUALITY)):
+            results[name + suffix] = (
+                {**evaluate(net, paths, quality=quality)[0], "images": len(paths)}
+                if paths
+                else None
+            )
     return results
 
 
@@ -44,23 +54,27 @@ def flat(results: dict[str, dict | None]) -> dict[str, float]:
 
 
 def table(results: dict[str, dict | None], scale: int, label: str = "ESPCN") -> str:
-    """A Markdown table, PSNR (dB) / SSIM per set: the bicubic row, then the model's."""
+    """A Markdown table, PSNR (dB) / SSIM per set: bicubic and the model on clean LR inputs, then
+    on the messenger's JPEGs."""
+    names = [k for k in results if not k.endswith(JPEG)]
 
-    def cell(r, prefix):
-        return f"{r[prefix + 'psnr']:.2f} / {r[prefix + 'ssim']:.4f}" if r else "absent"
+    def cells(suffix, prefix):
+        rs = [results.get(n + suffix) for n in names]
+        return " | ".join(
+            f"{r[prefix + 'psnr']:.2f} / {r[prefix + 'ssim']:.4f}" if r else "absent" for r in rs
+        )
 
-    lines = [
-        f"| x{scale} | " + " | ".join(results) + " |",
-        "| --- |" + " --- |" * len(results),
-        "| bicubic | " + " | ".join(cell(r, "bicubic_") for r in results.values()) + " |",
-        f"| {label} | " + " | ".join(cell(r, "") for r in results.values()) + " |",
-    ]
+    lines = [f"| x{scale} | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+    for suffix, inputs in (("", ""), (JPEG, f", LR as JPEG q{MESSENGER_QUALITY}")):
+        if any(n + suffix in results for n in names):
+            lines.append(f"| bicubic{inputs} | " + cells(suffix, "bicubic_") + " |")
+            lines.append(f"| {label}{inputs} | " + cells(suffix, "") + " |")
     return "\n".join(lines)
 
 
 def report(results: dict[str, dict | None], sets: dict[str, Path], scale: int, label: str) -> str:
     absent = [
-        f"{name}: absent (no images in {sets[name]})" for name, r in results.items() if r is None
+        f"{name}: absent (no images in {sets[name]})" for name in sets if results[name] is None
     ]
     return "\n".join([table(results, scale, label), *absent])
 

@@ -171,7 +171,9 @@ def runs(
     ),
     sort: str = typer.Option("date", "--sort", help="date (newest first) or psnr (best first)."),
 ) -> None:
-    """List training runs: id, date, scale, key params, PSNR vs bicubic, train time."""
+    """List training runs: id, date, scale, key params, PSNR vs bicubic, train time.
+
+    data is the degradation trained on: clean, or real (whose PSNR is on JPEG q50 inputs)."""
     from datetime import datetime
 
     from rich.console import Console
@@ -185,6 +187,8 @@ def runs(
         "date",
         "exp",
         "x",
+        "arch",
+        "data",
         "epochs",
         "steps/ep",
         "batch",
@@ -202,6 +206,8 @@ def runs(
             date,
             r["experiment"],
             r["scale"],
+            r["arch"],
+            r["degradation"],
             r["epochs"],
             r["steps_per_epoch"],
             r["batch_size"],

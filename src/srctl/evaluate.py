@@ -2,8 +2,9 @@
 bicubic.
 
 The SR literature's convention: HR cropped to a multiple of the scale, LR by antialiased bicubic
-downscaling, metrics on the Y of BT.601 studio-range YCbCr with `scale` pixels cut from each border,
-averaged over images. The model's result is the very RGB image `srctl infer` would write."""
+downscaling (for a `train.degradation: real` model, then saved as a messenger's JPEG), metrics on
+the Y of BT.601 studio-range YCbCr with `scale` pixels cut from each border, averaged over images.
+The model's result is the very RGB image `srctl infer` would write."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from PIL import Image
 from srctl import model as M
 from srctl import params as P
 from srctl import registry
-from srctl.degrade import crop_to_multiple, downscale
+from srctl.degrade import MESSENGER_QUALITY, crop_to_multiple, downscale, jpeg
 from srctl.device import pick_device
 from srctl.errors import SrctlError, run_main
 from srctl.files import write_json
@@ -24,16 +25,18 @@ from srctl.metrics import score
 
 
 def evaluate(
-    net: M.ESPCN, paths: list[Path], samples: int = 0
+    net: M.ESPCN, paths: list[Path], samples: int = 0, quality: int | None = None
 ) -> tuple[dict[str, float], dict[str, Image.Image]]:
-    """Mean PSNR/SSIM of `net` and of bicubic on `paths`; pictures of the first `samples`."""
+    """Mean PSNR/SSIM of `net` and of bicubic on `paths`; pictures of the first `samples`. With
+    `quality`, each LR input is first saved as JPEG at that quality (degrade.jpeg), as a messenger
+    sends it; the original stays the reference."""
     s = net.scale
     rows, pictures = [], {}
     for i, path in enumerate(paths):
         with Image.open(path) as original:
             gray = original.getbands() == ("L",)
             hr = crop_to_multiple(original.convert("RGB"), s)
-        lr = downscale(hr, s)
+        lr = downscale(hr, s) if quality is None else jpeg(downscale(hr, s), quality)
         sr, bicubic = upscale_image(net, lr), lr.resize(hr.size, Image.Resampling.BICUBIC)
         rows.append((*score(hr, sr, s, gray), *score(hr, bicubic, s, gray)))
         if i < samples:
@@ -56,12 +59,16 @@ def main() -> None:
     if not images:
         raise SrctlError("data/raw/BSDS300/images/test: no images; run the download stage first")
     net = M.load(where.model, pick_device())
-    metrics, pictures = evaluate(net, images, params.evaluate.samples)
+    # a real model is scored (and made champion) on the pictures it is for: messengers' JPEGs
+    quality = MESSENGER_QUALITY if params.train.degradation == "real" else None
+    metrics, pictures = evaluate(net, images, params.evaluate.samples, quality)
     metrics["images"] = len(images)
     write_json(where.metrics / "evaluate.json", metrics)
     registry.log_evaluation(registry.read_run(where.run_file)["run_id"], metrics, pictures)
     print(
-        f"evaluate: x{net.scale} on {len(images)} BSDS300 test images: "
+        f"evaluate: x{net.scale} on {len(images)} BSDS300 test images"
+        + (f" (LR as JPEG q{quality})" if quality else "")
+        + ": "
         f"PSNR {metrics['psnr']:.2f} dB (bicubic {metrics['bicubic_psnr']:.2f}), "
         f"SSIM {metrics['ssim']:.4f} (bicubic {metrics['bicubic_ssim']:.4f})"
     )

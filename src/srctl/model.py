@@ -17,19 +17,26 @@ from srctl.files import atomic_path
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
-# params.yaml's train.arch: hidden widths, activation, and whether the network adds its output to
-# the bicubic upscale of its input (learns the residual, as VDSR does) or makes the whole image
+# params.yaml's train.arch: hidden widths, activation, whether the network adds its output to
+# the bicubic upscale of its input (learns the residual, as VDSR does) or makes the whole image,
+# and whether that residual sees contrast only (below)
 ARCHS = {
-    "seed": ((64, 64, 32), "relu", False),  # the seed's network: 59,657 parameters
+    "seed": ((64, 64, 32), "relu", False, False),  # the seed's network: 59,657 parameters
     # Shi et al.'s: 5x5 64, 3x3 32, 3x3 r^2, tanh (22,729 parameters at x3)
-    "paper": ((64, 32), "tanh", False),
-    "residual": ((64, 64, 32), "relu", True),  # the seed's, on top of bicubic
+    "paper": ((64, 32), "tanh", False, False),
+    "residual": ((64, 64, 32), "relu", True, False),  # the seed's, on top of bicubic
+    "contrast": ((64, 64, 32), "relu", True, True),  # residual, blind to the level (59,488)
 }
 
 
 class ESPCN(nn.Module):
     """conv5x5 1->f1, then conv3x3 for each further width (activation after each), conv3x3 ->r^2,
-    PixelShuffle(r); with `residual`, plus the bicubic upscale of the input."""
+    PixelShuffle(r); with `residual`, plus the bicubic upscale of the input.
+
+    With `contrast` (residual only) the convolutions have no biases and the first one's filters
+    sum to zero, so a region of one level, however bright, gives exactly zero before the
+    activations (which keep zero) and comes out as its bicubic upscale: the same level. Without
+    it, what the biases add shows in flat dark areas as a faint pattern a few levels high."""
 
     def __init__(
         self,
@@ -37,16 +44,19 @@ class ESPCN(nn.Module):
         features: tuple[int, ...] = (64, 64, 32),
         activation: str = "relu",
         residual: bool = False,
+        contrast: bool = False,
     ):
         super().__init__()
         self.scale, self.features, self.activation = scale, tuple(features), activation
-        self.residual = residual
+        self.residual, self.contrast = residual, contrast
         chans = (1, *self.features)
         layers: list[nn.Module] = []
         for i, (cin, cout) in enumerate(zip(chans, chans[1:], strict=False)):
             k = 5 if i == 0 else 3
-            layers += [nn.Conv2d(cin, cout, k, padding=k // 2), ACTIVATIONS[activation]()]
-        layers += [nn.Conv2d(chans[-1], scale**2, 3, padding=1), nn.PixelShuffle(scale)]
+            conv = nn.Conv2d(cin, cout, k, padding=k // 2, bias=not contrast)
+            layers += [conv, ACTIVATIONS[activation]()]
+        last = nn.Conv2d(chans[-1], scale**2, 3, padding=1, bias=not contrast)
+        layers += [last, nn.PixelShuffle(scale)]
         self.body = nn.Sequential(*layers)
         convs = [m for m in self.body if isinstance(m, nn.Conv2d)]
         for conv in convs[
@@ -63,7 +73,16 @@ class ESPCN(nn.Module):
         if not self.residual:
             return self.body(y)
         up = F.interpolate(y, scale_factor=self.scale, mode="bicubic", align_corners=False)
-        return self.body(y) + up
+        if not self.contrast:
+            return self.body(y) + up
+        # the first layer pads by repeating the border (the later ones' zeros are what a flat
+        # border gives them then), so a flat picture stays flat up to its edges
+        first, k = self.body[0], self.body[0].padding[0]
+        w = first.weight - first.weight.mean(dim=(1, 2, 3), keepdim=True)
+        # in fp32 under autocast too: bf16 rounds the filters off their zero sum (seen: 3 levels)
+        with torch.autocast(y.device.type, enabled=False):
+            h = F.conv2d(F.pad(y.float(), (k, k, k, k), mode="replicate"), w.float())
+        return self.body[1:](h) + up
 
     def config(self) -> dict:
         return {
@@ -72,6 +91,7 @@ class ESPCN(nn.Module):
             "features": list(self.features),
             "activation": self.activation,
             "residual": self.residual,
+            "contrast": self.contrast,
         }
 
 
@@ -86,7 +106,7 @@ def save(model: ESPCN, folder: Path) -> None:
         tmp.write_text(json.dumps(model.config(), indent=2) + "\n")
 
 
-def _validated(config: object, where: Path) -> tuple[int, tuple[int, ...], str, bool]:
+def _validated(config: object, where: Path) -> tuple[int, tuple[int, ...], str, bool, bool]:
     ok = (
         isinstance(config, dict)
         and config.get("arch") == "espcn"
@@ -97,14 +117,18 @@ def _validated(config: object, where: Path) -> tuple[int, tuple[int, ...], str, 
         and config.get("activation", "relu")
         in ACTIVATIONS  # models saved before tanh existed are ReLU
         and config.get("residual", False) in (True, False)  # and before residual, whole images
+        and config.get("contrast", False) in (True, False)
+        and not (config.get("contrast") and not config.get("residual"))
     )
     if not ok:
         raise SrctlError(
             f"{where}: not a valid ESPCN config "
-            "(need arch=espcn, scale 2-4, features list, relu|tanh, residual true|false)"
+            "(need arch=espcn, scale 2-4, features list, relu|tanh, residual and contrast "
+            "true|false, contrast only with residual)"
         )
     features, activation = tuple(config["features"]), config.get("activation", "relu")
-    return config["scale"], features, activation, config.get("residual", False)
+    residual, contrast = config.get("residual", False), config.get("contrast", False)
+    return config["scale"], features, activation, residual, contrast
 
 
 def load(folder: Path, device: str | torch.device = "cpu") -> ESPCN:

@@ -29,10 +29,30 @@ class Prepare:
 
 
 @dataclass(frozen=True)
+class Degrade:
+    """How `train.degradation: real` makes each training LR picture: a random chain, as real
+    pictures are made (see degrade.real)."""
+
+    variants: int = 16  # degraded LR copies of each training picture, made once by prepare
+    blur: float = 0.5  # probability of a Gaussian blur of the HR picture first
+    blur_sigma: list = field(default_factory=lambda: [0.2, 1.5])  # HR pixels
+    kernels: list = field(default_factory=lambda: ["bicubic", "bilinear", "area"])
+    noise: float = 0.5  # probability of noise on the LR picture
+    poisson: float = 0.3  # of the noise: Poisson (shot) noise, else Gaussian
+    noise_sigma: list = field(default_factory=lambda: [1.0, 10.0])  # Gaussian, levels of 255
+    poisson_peak: list = field(default_factory=lambda: [200.0, 2000.0])  # photons at white
+    jpeg: float = 0.9  # probability of JPEG (4:2:0 chroma) last
+    jpeg_quality: list = field(default_factory=lambda: [30, 95])
+
+
+@dataclass(frozen=True)
 class Train:
     # seed: ReLU 64-64-32 (59,657 params); paper: Shi et al.'s 3-layer tanh 64-32; residual: the
-    # seed's layers on top of bicubic
-    arch: str = "residual"
+    # seed's layers on top of bicubic; contrast: residual, no biases, zero-sum first filters
+    arch: str = "contrast"
+    # clean: LR = the bicubic downscale; real: blurred, noisy, JPEG'd LR (params' degrade section),
+    # registered as <model_name>-x<scale>-real
+    degradation: str = "clean"
     epochs: int = 9
     steps_per_epoch: int = 2000
     batch_size: int = 10
@@ -82,6 +102,7 @@ class Params:
     seed: int = 0
     download: Download = field(default_factory=Download)
     prepare: Prepare = field(default_factory=Prepare)
+    degrade: Degrade = field(default_factory=Degrade)
     train: Train = field(default_factory=Train)
     evaluate: Evaluate = field(default_factory=Evaluate)
     benchmark: Benchmark = field(default_factory=Benchmark)
@@ -89,7 +110,8 @@ class Params:
 
     @property
     def registered_name(self) -> str:
-        return f"{self.register.model_name}-x{self.scale}"
+        real = "-real" if self.train.degradation == "real" else ""
+        return f"{self.register.model_name}-x{self.scale}{real}"
 
     def flat(self) -> dict[str, object]:
         """`train.lr`-style keys, the way `dvc exp run -S` and MLflow name them."""
@@ -193,6 +215,33 @@ def _build(cls, values: dict, where: str):
     return cls(**kwargs)
 
 
+def _check_degrade(d: Degrade) -> None:
+    def fail(what: str):
+        raise SrctlError(f"params.yaml: degrade.{what}")
+
+    if d.variants < 1:
+        fail(f"variants must be >= 1, got {d.variants}")
+    for name in ("blur", "noise", "poisson", "jpeg"):
+        if not 0 <= getattr(d, name) <= 1:
+            fail(f"{name} is a probability (0..1), got {getattr(d, name)}")
+    for name, lo in (
+        ("blur_sigma", 0),
+        ("noise_sigma", 0),
+        ("poisson_peak", 1),
+        ("jpeg_quality", 1),
+    ):
+        r = getattr(d, name)
+        if not (
+            len(r) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r)
+            and lo <= r[0] <= r[1]
+            and (name != "jpeg_quality" or r[1] <= 100)
+        ):
+            fail(f"{name} must be [low, high] with {lo} <= low <= high, got {r!r}")
+    if not d.kernels or not set(d.kernels) <= {"bicubic", "bilinear", "area"}:
+        fail(f"kernels must name some of bicubic, bilinear, area, got {d.kernels!r}")
+
+
 def load(path: Path | None = None) -> Params:
     path = path or project_root() / "params.yaml"
     try:
@@ -200,10 +249,17 @@ def load(path: Path | None = None) -> Params:
     except (OSError, yaml.YAMLError) as exc:
         raise SrctlError(f"cannot read {path}: {exc}") from exc
     params = _build(Params, values, "params")
-    if params.train.arch not in ("seed", "paper", "residual"):
+    if params.train.arch not in ("seed", "paper", "residual", "contrast"):
         raise SrctlError(
-            f"params.yaml: train.arch must be seed, paper or residual, got {params.train.arch!r}"
+            "params.yaml: train.arch must be seed, paper, residual or contrast, "
+            f"got {params.train.arch!r}"
         )
+    if params.train.degradation not in ("clean", "real"):
+        raise SrctlError(
+            "params.yaml: train.degradation must be clean or real, "
+            f"got {params.train.degradation!r}"
+        )
+    _check_degrade(params.degrade)
     if params.train.compile not in ("auto", "never"):
         raise SrctlError(
             f"params.yaml: train.compile must be auto or never, got {params.train.compile!r}"

@@ -24,7 +24,6 @@ from srctl.files import atomic_dir, write_json
 EXPERIMENT = "srctl"
 MODEL_ARTIFACT = "model"  # runs:/<run_id>/model
 SCORE = "psnr"  # what makes a champion: mean BSDS300 test PSNR (dB), from the evaluate stage
-BENCHMARK_SCORES = ("Set5/psnr", "Set14/psnr", "BSD100/psnr")  # tagged on each registered version
 
 
 def _embedded_uri() -> str:
@@ -89,10 +88,12 @@ def check_reachable() -> None:
 
 
 def run_name(params: P.Params) -> str:
-    """A run's name in the MLflow UI: the DVC experiment's, else what ran (x3-residual-18k)."""
+    """A run's name in the MLflow UI: the DVC experiment's, else what ran (x3-contrast-18k, and
+    x3-contrast-18k-real for a model of degraded pictures)."""
     steps = params.train.epochs * params.train.steps_per_epoch
     label = f"{steps // 1000}k" if steps % 1000 == 0 else str(steps)
-    return os.environ.get("DVC_EXP_NAME") or f"x{params.scale}-{params.train.arch}-{label}"
+    real = "-real" if params.train.degradation == "real" else ""
+    return os.environ.get("DVC_EXP_NAME") or f"x{params.scale}-{params.train.arch}-{label}{real}"
 
 
 def _log_dataset(mlflow, params: P.Params, dataset_sha256: str) -> None:
@@ -117,6 +118,7 @@ def training_run(
     mlflow = _mlflow()
     exp_name = os.environ.get("DVC_EXP_NAME")
     tags = {"dataset_sha256": dataset_sha256, "scale": str(params.scale), "arch": params.train.arch}
+    tags["degradation"] = params.train.degradation  # a column of its own in the UI's run list
     if commit := _git_commit(P.project_root()):
         tags["git_commit"] = commit
     if exp_name:
@@ -290,15 +292,18 @@ def _describe(client, name: str, version: str, run) -> None:
     """Tag the version with its benchmark scores and give it a one-line description, so that the
     registry page alone tells versions apart."""
     m, p = run.data.metrics, run.data.params
-    for key in BENCHMARK_SCORES:
-        if key in m:
-            client.set_model_version_tag(name, version, key, f"{m[key]:.2f}")
+    benchmark = sorted(k for k in m if k.endswith("/psnr"))  # Set5/psnr, Set5-jpeg50/psnr, ...
+    for key in benchmark:
+        client.set_model_version_tag(name, version, key, f"{m[key]:.2f}")
     steps = int(p.get("train.epochs", 0)) * int(p.get("train.steps_per_epoch", 0))
-    scores = " / ".join(f"{k.split('/')[0]} {m[k]:.2f}" for k in BENCHMARK_SCORES if k in m)
+    jpeg = " (LR as JPEG q50)" if p.get("train.degradation") == "real" else ""
+    scores = " / ".join(f"{k.split('/')[0]} {m[k]:.2f}" for k in benchmark)
     text = (
-        f"x{p.get('scale', '?')} {p.get('train.arch', '?')}, {steps:,} steps "
+        f"x{p.get('scale', '?')} {p.get('train.arch', '?')} "
+        f"{p.get('train.degradation', 'clean')}, {steps:,} steps "
         f"(run {run.info.run_name}): "
-        f"BSDS300 test {m[SCORE]:.2f} dB (bicubic {m.get('bicubic_psnr', float('nan')):.2f})"
+        f"BSDS300 test{jpeg} {m[SCORE]:.2f} dB "
+        f"(bicubic {m.get('bicubic_psnr', float('nan')):.2f})"
         + (f"; {scores} dB" if scores else "")
     )
     client.update_model_version(name, version, description=text)
@@ -334,7 +339,14 @@ def register(run_id: str, model_uri: str, name: str, alias: str) -> dict:
     }
 
 
-RUN_COLUMNS = ("train.epochs", "train.steps_per_epoch", "train.batch_size", "train.lr")
+RUN_COLUMNS = (
+    "train.arch",
+    "train.degradation",
+    "train.epochs",
+    "train.steps_per_epoch",
+    "train.batch_size",
+    "train.lr",
+)
 
 
 def list_runs(experiment: str | None = None, sort: str = "date") -> list[dict]:

@@ -37,22 +37,25 @@ def sample_patches(
     gen: torch.Generator,
     aug: random.Random | None = None,
 ):
-    """A batch of aligned (LR size x size, HR size*s x size*s) float patches in [0, 1].
+    """A batch of aligned (LR size x size, HR size*s x size*s) float patches in [0, 1], from
+    uint8 `lr` [N, V, h, w] (V degraded copies of each image) and `hr` [N, 1, h*s, w*s].
 
     With `aug`, one flip/rotation for the whole batch, chosen on the host (the plain step's
     stream); without, one per patch, drawn on the device from `gen` (no host work: capturable)."""
-    n, _, h, w = lr.shape
+    n, variants, h, w = lr.shape
     dev = lr.device
     i = torch.randint(n, (batch, 1, 1), generator=gen, device=dev)
     y = torch.randint(h - size + 1, (batch, 1, 1), generator=gen, device=dev)
     x = torch.randint(w - size + 1, (batch, 1, 1), generator=gen, device=dev)
+    # which degraded copy of the image (train.degradation: real); clean data has one, draws none
+    v = torch.randint(variants, (batch, 1, 1), generator=gen, device=dev) if variants > 1 else 0
     if aug is None:
         sym = torch.randint(2, (3, batch, 1, 1), generator=gen, device=dev).bool()
         (rl, cl), (rh, ch) = _symmetric_grid(sym, size), _symmetric_grid(sym, size * scale)
-        lr_p, hr_p = lr[i, 0, y + rl, x + cl], hr[i, 0, y * scale + rh, x * scale + ch]
+        lr_p, hr_p = lr[i, v, y + rl, x + cl], hr[i, 0, y * scale + rh, x * scale + ch]
     else:
         r, R = torch.arange(size, device=dev), torch.arange(size * scale, device=dev)
-        lr_p = lr[i, 0, y + r[:, None], x + r]
+        lr_p = lr[i, v, y + r[:, None], x + r]
         hr_p = hr[i, 0, y * scale + R[:, None], x * scale + R]
         k, flip = aug.randrange(4), aug.random() < 0.5  # one of the 8 symmetries of the square
         lr_p, hr_p = torch.rot90(lr_p, k, (1, 2)), torch.rot90(hr_p, k, (1, 2))

@@ -215,6 +215,12 @@ def _load_data(
             f"{prepared_dir}: prepared for x{meta.get('scale')}, params say x{params.scale}; "
             "rerun prepare"
         )
+    made = meta.get("degradation", "clean")  # data prepared before `real` existed is clean
+    if made != params.train.degradation:
+        raise SrctlError(
+            f"{prepared_dir}: prepared for train.degradation {made}, params say "
+            f"{params.train.degradation}; rerun prepare"
+        )
     if min(data["lr"].shape[-2:]) < params.train.patch_size:
         raise SrctlError(
             f"train.patch_size {params.train.patch_size} is larger than the training images"
