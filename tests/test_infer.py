@@ -249,6 +249,39 @@ def test_tiles_equal_untiled_inference(photo, arch):
         assert np.abs(tiled - whole).max() <= 1  # at most 1/255, from float summation order
 
 
+def test_size_resizes_the_result_keeping_the_aspect_unless_both_sides_are_given(
+    tmp_path, photo, model_dir
+):
+    from srctl.infer import parse_size, target_size
+
+    assert parse_size("1920x1080") == (1920, 1080)
+    assert parse_size("640") == parse_size("640x") == (640, None)
+    assert parse_size("X480") == (None, 480)
+    assert target_size((None, 100), 300, 200) == (150, 100)
+    assert target_size((100, None), 300, 200, multiple=2) == (100, 66)  # computed side: even
+    w, h = Image.open(photo).size
+    for size, want in (("100x50", (100, 50)), ("200", (200, round(h * 200 / w)))):
+        out = tmp_path / f"{size}.png"
+        res = srctl_cli(
+            "infer",
+            "--model-dir",
+            str(model_dir),
+            "--size",
+            size,
+            str(photo),
+            "-o",
+            str(out),
+            cwd=tmp_path,
+        )
+        assert res.returncode == 0, res.stderr
+        assert Image.open(out).size == want
+    for bad in ("abc", "0x10", "x", "12x34x5"):
+        res = srctl_cli("infer", "--size", bad, str(photo), cwd=tmp_path)
+        assert res.returncode == 1 and res.stderr.strip() == (
+            f"error: --size {bad!r}: expected WxH, W or xH in pixels (1-65535)"
+        ), res.stderr
+
+
 def _flat_error(net, amp) -> int:
     """The largest change, in levels, of a flat region through upscale_batch: whole grey pictures
     of every level 0..255 (borders included), and two-level pictures (a vertical edge) away from

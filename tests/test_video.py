@@ -71,6 +71,21 @@ def test_frames_equal_infer_audio_copied_rate_kept(clip, tmp_path):
         assert sum(p.size for p in f.demux(audio=0)) == sum(p.size for p in g.demux(audio=0))
 
 
+def test_size_resizes_every_frame_as_infer_does(clip, tmp_path):
+    """--size 100x (the width; the height from the aspect ratio, even for 4:2:0): each frame is the
+    network's result resized as `srctl infer --size` resizes it."""
+    from srctl.infer import resized, to_image, to_tensor, upscale_batch
+
+    net = M.ESPCN.named("contrast", 3).eval()
+    out = tmp_path / "sized.mov"
+    stats = upscale_video(clip, out, net, codec="png", batch=4, size=(100, None))
+    assert stats["size"] == (100, 66)  # 144x96 -> 100 wide, 66.7 -> 66 (even)
+    for src, got in zip(_frames(clip), _frames(out), strict=True):
+        want = resized(upscale_batch(net, to_tensor(src)[None]), (100, None), multiple=2)
+        want = np.asarray(to_image(want[0]), dtype=int)
+        assert np.abs(np.asarray(got, dtype=int) - want).max() <= 1
+
+
 def test_default_h264_and_bad_inputs_through_the_cli(clip, tmp_path, logged_model_store):
     store, run_id = logged_model_store
     res = subprocess.run(

@@ -50,6 +50,13 @@ FP32 = typer.Option(
 )
 QUIET = typer.Option(False, "-q", "--quiet", help="No progress bar.")
 FORCE = typer.Option(False, "--force", help="Overwrite existing output files (never an input).")
+SIZE = typer.Option(
+    None,
+    "--size",
+    show_default="the model's scale",
+    help="Output size WxH, or one side (W or xH) keeping the aspect ratio: the network's result "
+    "resized to it (bicubic, antialiased).",
+)
 
 
 def _precision(half: bool, bf16: bool, fp32: bool) -> str | None:
@@ -85,6 +92,7 @@ def infer(
     tile: int = typer.Option(
         512, "--tile", min=16, help="Tile side in input pixels: bounds memory on huge images."
     ),
+    size: str | None = SIZE,
     quiet: bool = QUIET,
 ) -> None:
     """Upscale images: the network upscales Y, Cb and Cr (and alpha) are upscaled bicubically."""
@@ -92,11 +100,13 @@ def infer(
     from srctl import infer as I
     from srctl import registry
 
+    target = I.parse_size(size) if size else None
     paths = I.collect_inputs(images)
     I.check_inputs(paths)  # before fetching a model
     amp = D.precision(_precision(half, bf16, fp32), D.pick_device(device))
     folder = registry.model_folder(run_id, model, model_dir)
-    failed = I.infer(paths, folder, output, force, device, amp, tile, progress=_progress(quiet))
+    progress = _progress(quiet)
+    failed = I.infer(paths, folder, output, force, device, amp, tile, progress, target)
     if failed:
         raise SrctlError(f"{failed} of {len(paths)} images failed")
 
@@ -125,6 +135,7 @@ def video(
     half: bool = HALF,
     bf16: bool = BF16,
     fp32: bool = FP32,
+    size: str | None = SIZE,
     quiet: bool = QUIET,
 ) -> None:
     """Upscale a video: frames as in `srctl infer`, in batches; audio copied; source frame rate."""
@@ -134,12 +145,23 @@ def video(
     from srctl import registry
     from srctl.video import upscale_video
 
+    target = I.parse_size(size) if size else None
     I.check_path(src)
     dev = D.pick_device(device)
     amp = D.precision(_precision(half, bf16, fp32), dev)
     net = M.load(registry.model_folder(run_id, model, model_dir), dev)
     stats = upscale_video(
-        src, output, net, codec, crf, preset, batch, amp, progress=_progress(quiet), force=force
+        src,
+        output,
+        net,
+        codec,
+        crf,
+        preset,
+        batch,
+        amp,
+        progress=_progress(quiet),
+        force=force,
+        size=target,
     )
     w, h = stats["size"]
     typer.echo(

@@ -92,6 +92,39 @@ def upscale_batch(
     return out
 
 
+def parse_size(text: str) -> tuple[int | None, int | None]:
+    """`--size`: WxH, or one side (W or Wx for the width, xH for the height) whose other side
+    keeps the aspect ratio."""
+    w, _, h = text.strip().lower().partition("x")
+    try:
+        size = (int(w) if w else None, int(h) if h else None)
+    except ValueError:
+        size = (None, None)
+    if size == (None, None) or any(v is not None and not 1 <= v <= 65535 for v in size):
+        raise SrctlError(f"--size {text!r}: expected WxH, W or xH in pixels (1-65535)")
+    return size
+
+
+def target_size(size, width: int, height: int, multiple: int = 1) -> tuple[int, int]:
+    """The (width, height) that `size` (from parse_size) asks of a `width` x `height` picture; a
+    side computed from the aspect ratio is rounded to a `multiple` (2 for 4:2:0 video)."""
+    w, h = size
+    fit = lambda v: max(multiple, round(v / multiple) * multiple)  # noqa: E731
+    if w and h:
+        return w, h
+    return (w, fit(height * w / width)) if w else (fit(width * h / height), h)
+
+
+def resized(x: torch.Tensor, size, multiple: int = 1) -> torch.Tensor:
+    """uint8 [N, C, H, W] brought to `size` (see target_size): bicubic, antialiased when shrinking
+    (the network's output, for a size that is not a multiple of its scale)."""
+    w, h = target_size(size, x.shape[-1], x.shape[-2], multiple)
+    if (w, h) == (x.shape[-1], x.shape[-2]):
+        return x
+    y = F.interpolate(x.float(), size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+    return y.round_().clamp_(0, 255).to(torch.uint8)
+
+
 def upscale_image(
     net: M.ESPCN, img: Image.Image, tile: int = TILE, amp: torch.dtype | None = None
 ) -> Image.Image:
@@ -247,8 +280,10 @@ def infer(
     amp: torch.dtype | None = None,
     tile: int = TILE,
     progress: bool = False,
+    size: tuple[int | None, int | None] | None = None,
 ) -> int:
-    """Upscale every input with the model in `model_dir` (loaded once); returns how many failed.
+    """Upscale every input with the model in `model_dir` (loaded once), resized to `size` if given
+    (see parse_size); returns how many failed.
 
     Consecutive small images of the same size go through the network as one batch. A file that fails
     is reported on stderr (one line) and skipped; the others are still written."""
@@ -301,6 +336,8 @@ def infer(
             results = upscale_batch(
                 net, torch.stack([x for _, _, x, _ in batch]), tile, amp, progress
             )
+            if size:
+                results = resized(results, size)
             if writing:
                 writing.result()
             writing = writer.submit(write, batch, results)

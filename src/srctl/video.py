@@ -22,7 +22,7 @@ from srctl import model as M
 from srctl.color import rgb_to_yuv420p
 from srctl.errors import SrctlError
 from srctl.files import atomic_path
-from srctl.infer import TILE, output_paths, upscale_batch
+from srctl.infer import TILE, output_paths, resized, target_size, upscale_batch
 
 
 def _pix_fmt(codec: str) -> str:
@@ -49,8 +49,11 @@ def _decoded(inp, vin, ain, batch: int) -> Iterator[list]:
         yield pending
 
 
-def _upscaled(net: M.ESPCN, frames: list, tile: int, amp: torch.dtype | None, yuv: bool) -> list:
-    """Decoded frames -> upscaled ones (yuv420p made on the model's device if `yuv`, else rgb24)."""
+def _upscaled(
+    net: M.ESPCN, frames: list, tile: int, amp: torch.dtype | None, yuv: bool, size
+) -> list:
+    """Decoded frames -> upscaled ones (yuv420p made on the model's device if `yuv`, else rgb24),
+    resized to `size` if given (as `srctl infer --size`; a side from the aspect ratio even)."""
     import av
 
     device = next(net.parameters()).device
@@ -58,6 +61,8 @@ def _upscaled(net: M.ESPCN, frames: list, tile: int, amp: torch.dtype | None, yu
         [torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1) for f in frames]
     )
     up = upscale_batch(net, x.to(device), tile, amp)
+    if size:
+        up = resized(up, size, multiple=2)
     if yuv:
         arrays, fmt = rgb_to_yuv420p(up).cpu().numpy(), "yuv420p"
     else:
@@ -68,15 +73,15 @@ def _upscaled(net: M.ESPCN, frames: list, tile: int, amp: torch.dtype | None, yu
 
 
 class _Encoder:
-    """The output side: a video stream `scale` times the input's (and a copy of its audio stream) in
-    `out`; encodes frames and muxes them with audio packets, in order, in a second thread. A failure
-    there is raised in the caller's thread by `close` (or the next `put_*`)."""
+    """The output side: a video stream of `size` (width, height) (and a copy of the input's audio
+    stream) in `out`; encodes frames and muxes them with audio packets, in order, in a second
+    thread. A failure there is raised in the caller's thread by `close` (or the next `put_*`)."""
 
-    def __init__(self, out, vin, ain, scale: int, codec: str, crf: int, preset: str, depth: int):
+    def __init__(self, out, vin, ain, size, codec: str, crf: int, preset: str, depth: int):
         rate = vin.average_rate or vin.guessed_rate or Fraction(25)
         self.out, self.time_base = out, 1 / Fraction(rate)
         self.vout = out.add_stream(codec, rate=rate)
-        self.vout.width, self.vout.height = vin.width * scale, vin.height * scale
+        self.vout.width, self.vout.height = size
         self.vout.pix_fmt = _pix_fmt(codec)
         if codec.startswith("libx26"):
             self.vout.options = {"crf": str(crf), "preset": preset}
@@ -156,9 +161,11 @@ def upscale_video(
     tile: int | None = None,
     progress: bool = False,
     force: bool = False,
+    size: tuple[int | None, int | None] | None = None,
 ) -> dict:
     """Write `dst` (default: <stem>_x<scale>.mp4 beside `src`; atomically) with every video frame of
-    `src` upscaled and its audio track copied. Returns frames, seconds, fps, size and dst."""
+    `src` upscaled (and resized to `size`, see infer.parse_size) and its audio track copied.
+    Returns frames, seconds, fps, size and dst."""
     import av
     from tqdm import tqdm
 
@@ -174,7 +181,9 @@ def upscale_video(
             vin = inp.streams.video[0]
             vin.thread_type = "AUTO"
             ain = inp.streams.audio[0] if inp.streams.audio else None
-            encoder = _Encoder(out, vin, ain, s, codec, crf, preset, depth=4 * batch)
+            frame = (vin.width * s, vin.height * s)
+            frame = target_size(size, *frame, multiple=2) if size else frame
+            encoder = _Encoder(out, vin, ain, frame, codec, crf, preset, depth=4 * batch)
             bar = tqdm(
                 total=vin.frames or None, unit="frame", disable=not progress, file=sys.stderr
             )
@@ -183,8 +192,8 @@ def upscale_video(
                     if isinstance(items[0], av.Packet):
                         encoder.put_audio(items[0])
                         continue
-                    for frame in _upscaled(net, items, tile, amp, encoder.yuv):
-                        encoder.put_frame(frame)
+                    for up in _upscaled(net, items, tile, amp, encoder.yuv, size):
+                        encoder.put_frame(up)
                     bar.update(len(items))
             except BaseException:
                 encoder.close(check=False)  # this error is the one to report
