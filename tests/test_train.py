@@ -152,6 +152,9 @@ def _interrupt_after_epoch_1(root, env, sig) -> tuple[int, str, str]:
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # started from a background job (`cmd &`, nohup), the child would inherit SIGINT as
+        # ignored and Python would keep it so: Ctrl-C in a terminal reaches it with the default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     checkpoint = root / "models" / T.CHECKPOINT
     deadline = time.monotonic() + 120
