@@ -271,6 +271,45 @@ def _batches(items, tile: int):
         yield batch
 
 
+class _Report:
+    """One progress bar over the files (when there are several) and the count of failures, which
+    the writer thread adds to as well."""
+
+    def __init__(self, total: int, progress: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="img", disable=not progress or total < 2, file=sys.stderr)
+        self.failed = 0
+        self._lock = threading.Lock()
+
+    def fail(self, exc: SrctlError) -> None:
+        with self._lock:
+            self.failed += 1
+        self.bar.write(f"error: {exc}", file=sys.stderr)
+
+    def decoded(self, inputs: list[Path], outs: list[Path]):
+        """(src, dst, tensor, icc) of each input that opens; the others are reported and skipped."""
+        for src, dst in zip(inputs, outs, strict=True):
+            try:
+                img = open_image(src)
+            except SrctlError as exc:
+                self.fail(exc)
+                self.bar.update(1)
+                continue
+            yield src, dst, to_tensor(img), img.info.get("icc_profile")
+
+    def write(self, batch: list[tuple[Path, Path, torch.Tensor, bytes | None]], results) -> None:
+        for (src, dst, _, icc), result in zip(batch, results, strict=True):
+            try:
+                img = to_image(result)
+                save_image(img, dst, icc)
+                line = f"{src} -> {dst} ({img.width}x{img.height} {img.mode})"
+                self.bar.write(line, file=sys.stdout)
+            except SrctlError as exc:
+                self.fail(exc)
+        self.bar.update(len(batch))
+
+
 def infer(
     inputs: list[Path],
     model_dir: Path,
@@ -287,52 +326,16 @@ def infer(
 
     Consecutive small images of the same size go through the network as one batch. A file that fails
     is reported on stderr (one line) and skipped; the others are still written."""
-    from tqdm import tqdm
-
     net = M.load(model_dir, pick_device(device))
     outs = output_paths(inputs, output, net.scale, force)
     if output and len(inputs) > 1:
         output.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    # one bar over the files when there are several; upscale_batch adds one over the tiles of a big
-    # image
-    bar = tqdm(
-        total=len(inputs), unit="img", disable=not progress or len(inputs) < 2, file=sys.stderr
-    )
-
-    lock = threading.Lock()  # the writer thread fails files too
-
-    def fail(exc: SrctlError) -> None:
-        nonlocal failed
-        with lock:
-            failed += 1
-        bar.write(f"error: {exc}", file=sys.stderr)
-
-    def write(batch: list[tuple[Path, Path, torch.Tensor, bytes | None]], results) -> None:
-        for (src, dst, _, icc), result in zip(batch, results, strict=True):
-            try:
-                img = to_image(result)
-                save_image(img, dst, icc)
-                bar.write(f"{src} -> {dst} ({img.width}x{img.height} {img.mode})", file=sys.stdout)
-            except SrctlError as exc:
-                fail(exc)
-        bar.update(len(batch))
-
-    def decoded():
-        for src, dst in zip(inputs, outs, strict=True):
-            try:
-                img = open_image(src)
-            except SrctlError as exc:
-                fail(exc)
-                bar.update(1)
-                continue
-            yield src, dst, to_tensor(img), img.info.get("icc_profile")
-
+    report = _Report(len(inputs), progress)  # upscale_batch adds a bar over a big image's tiles
     # PNG encoding (Pillow lets go of the GIL) overlaps decoding and the next batch's network; one
     # batch is written while the next is computed, no more, so memory stays bounded
     with ThreadPoolExecutor(max_workers=1) as writer:
         writing = None
-        for batch in _batches(decoded(), tile):
+        for batch in _batches(report.decoded(inputs, outs), tile):
             results = upscale_batch(
                 net, torch.stack([x for _, _, x, _ in batch]), tile, amp, progress
             )
@@ -340,11 +343,11 @@ def infer(
                 results = resized(results, size)
             if writing:
                 writing.result()
-            writing = writer.submit(write, batch, results)
+            writing = writer.submit(report.write, batch, results)
         if writing:
             writing.result()
-    bar.close()
-    return failed
+    report.bar.close()
+    return report.failed
 
 
 MAX_REQUEST_BYTES = int(os.environ.get("SRCTL_SERVE_MAX_BYTES", 32 << 20))  # per request, decoded

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 from queue import Queue
 
@@ -149,6 +150,29 @@ def _open(src: Path):
     return inp
 
 
+def _transcode(inp, vin, ain, encoder: _Encoder, batch: int, progress: bool, upscale) -> None:
+    """Decode `inp` in batches of frames, `upscale` each batch, hand frames and audio packets to
+    `encoder` in order, and close it (after a failure without checking: that one is reported)."""
+    import av
+    from tqdm import tqdm
+
+    bar = tqdm(total=vin.frames or None, unit="frame", disable=not progress, file=sys.stderr)
+    try:
+        for items in _decoded(inp, vin, ain, batch):
+            if isinstance(items[0], av.Packet):
+                encoder.put_audio(items[0])
+                continue
+            for up in upscale(items):
+                encoder.put_frame(up)
+            bar.update(len(items))
+    except BaseException:
+        encoder.close(check=False)
+        raise
+    finally:
+        bar.close()
+    encoder.close()
+
+
 def upscale_video(
     src: Path,
     dst: Path | None,
@@ -167,7 +191,6 @@ def upscale_video(
     `src` upscaled (and resized to `size`, see infer.parse_size) and its audio track copied.
     Returns frames, seconds, fps, size and dst."""
     import av
-    from tqdm import tqdm
 
     s, device = net.scale, next(net.parameters()).device
     dst = dst or src.with_name(f"{src.stem}_x{s}.mp4")
@@ -184,23 +207,8 @@ def upscale_video(
             frame = (vin.width * s, vin.height * s)
             frame = target_size(size, *frame, multiple=2) if size else frame
             encoder = _Encoder(out, vin, ain, frame, codec, crf, preset, depth=4 * batch)
-            bar = tqdm(
-                total=vin.frames or None, unit="frame", disable=not progress, file=sys.stderr
-            )
-            try:
-                for items in _decoded(inp, vin, ain, batch):
-                    if isinstance(items[0], av.Packet):
-                        encoder.put_audio(items[0])
-                        continue
-                    for up in _upscaled(net, items, tile, amp, encoder.yuv, size):
-                        encoder.put_frame(up)
-                    bar.update(len(items))
-            except BaseException:
-                encoder.close(check=False)  # this error is the one to report
-                raise
-            finally:
-                bar.close()
-            encoder.close()
+            upscale = partial(_upscaled, net, tile=tile, amp=amp, yuv=encoder.yuv, size=size)
+            _transcode(inp, vin, ain, encoder, batch, progress, upscale)
             if encoder.frames == 0:
                 raise SrctlError(f"{src}: no video frames decoded")
     except av.error.FFmpegError as exc:
