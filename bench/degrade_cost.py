@@ -22,7 +22,7 @@ import torch
 from srctl import model as M
 from srctl import params as P
 from srctl.device import autocast_dtype, pick_device
-from srctl.prepare import pairs
+from srctl.prepare import landscape_crops, pairs
 from srctl.steps import sample_patches, step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def main() -> None:
     for kind in ("clean", "real"):
         p = dataclasses.replace(params, train=dataclasses.replace(params.train, degradation=kind))
         start = time.perf_counter()
-        data[kind] = pairs(paths, "train", p)
+        data[kind] = pairs(landscape_crops(paths, p.scale), "train", p)
         took[kind] = time.perf_counter() - start
         print(f"prepare {kind}: {took[kind]:.1f} s, LR {tuple(data[kind]['lr'].shape)}")
 

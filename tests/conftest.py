@@ -124,6 +124,23 @@ def tiny_project(dst: Path) -> None:
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny")
 
 
+def your_pictures(root: Path) -> Path:
+    """data/extra/mine under a project `root`: a 1000x700 picture (2 x 2 tiles of 480x321) and a
+    portrait one (turned to landscape: one tile), both made of real photos."""
+    from PIL import Image
+
+    photos = [Image.open(p).convert("RGB") for p in sorted(BSDS300.glob("images/test/*.jpg"))[:4]]
+    big = Image.new("RGB", (1000, 700))
+    for k, img in enumerate(photos):
+        big.paste(img.crop((0, 0, 500, 350)).resize((500, 350)), (500 * (k % 2), 350 * (k // 2)))
+    mine = root / "data" / "extra" / "mine"
+    mine.mkdir(parents=True)
+    big.save(mine / "big.png")
+    photos[0].crop((0, 0, 481, 321)).transpose(Image.Transpose.ROTATE_270).save(mine / "tall.jpg")
+    (mine / "notes.txt").write_text("not a picture: ignored")
+    return mine
+
+
 def tiny_params(**train) -> P.Params:
     """Default params with a training run of a few seconds (eager: compiling alone takes ~20 s)."""
     base = P.load(ROOT / "params.yaml")

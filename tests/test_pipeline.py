@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import BSDS300, tiny_project
+from conftest import BSDS300, tiny_project, your_pictures
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +216,43 @@ def test_make_real_registers_its_own_model_scored_on_jpeg_inputs(repo, tmp_path,
     )
     assert res.returncode == 0, res.stderr
     assert Image.open(out).size == tuple(3 * s for s in Image.open(photo).size)
+
+
+def test_fine_tuning_the_champion_on_your_own_pictures(repo, tmp_path):
+    """README, "Your own pictures": `dvc add` a folder under data/extra, and one `dvc exp run`
+    fine-tunes the champion on BSDS300 plus its tiles; a bad folder stops at prepare, in one line,
+    before any training. In a copy of the project: its git history changes."""
+    repo, env = repo
+    import mlflow
+
+    proj = tmp_path / "proj"
+    shutil.copytree(repo, proj, symlinks=True)
+    run = lambda *a: subprocess.run(a, cwd=proj, env=env, capture_output=True, text=True)  # noqa: E731
+    your_pictures(proj)
+    assert run("dvc", "add", "data/extra/mine").returncode == 0
+    assert "data/extra" in run("dvc", "status", "prepare").stdout  # prepare depends on it
+    run("git", "add", "-A")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "my pictures")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{proj}/mlflow.db")
+    experiment = client.get_experiment_by_name("srctl").experiment_id
+    champion = client.get_model_version_by_alias("espcn-x3", "champion").run_id
+    before = len(client.search_runs(experiment))
+
+    res = run("dvc", "exp", "run", "--temp", "-S", "prepare.extra_train=[data/extra/nope]")
+    assert res.returncode != 0
+    assert "error: prepare.extra_train: data/extra/nope: no such folder\n" in res.stderr
+    assert len(client.search_runs(experiment)) == before  # no training started
+
+    res = run(
+        *("dvc", "exp", "run", "--temp", "-n", "mine", "-S", "train.init=espcn-x3@champion"),
+        *("-S", "prepare.extra_train=[data/extra/mine]"),
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "pairs from 9 train (with 2 of your pictures, as tiles)" in res.stdout  # 4 + 5 tiles
+    (tuned,) = client.search_runs(experiment, filter_string="tags.dvc_exp_name = 'mine'")
+    assert tuned.info.status == "FINISHED" and tuned.data.tags["mlflow.parentRunId"] == champion
+    inputs = {d.dataset.name for d in tuned.inputs.dataset_inputs}
+    assert inputs == {"BSDS300", "extra_train: data/extra/mine"}
 
 
 def test_a_queued_sweep_runs_in_parallel_each_experiment_its_own_mlflow_run(repo):

@@ -6,6 +6,8 @@ from srctl.degrade import crop_to_multiple, downscale
 from srctl.download import content_hash
 from srctl.prepare import load_split
 
+from conftest import your_pictures
+
 
 def test_prepared_pairs_are_aligned_uint8_stacks(prepared_dir, raw_dir):
     train, meta = load_split(prepared_dir, "train")
@@ -87,3 +89,62 @@ def test_real_degradation_makes_a_seeded_pool_and_jpeg_test_inputs(raw_dir, tmp_
     np.testing.assert_array_equal(test["lr"][0, 0].numpy(), want)
     for name in ("train.safetensors", "test.safetensors"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_your_pictures_join_the_training_split_as_tiles(raw_dir, tmp_path):
+    import dataclasses
+
+    import torch
+
+    from srctl import params as P
+    from srctl.prepare import extra_images, prepare
+
+    your_pictures(tmp_path)
+    base = P.Params()
+    params = dataclasses.replace(
+        base, prepare=dataclasses.replace(base.prepare, extra_train=["data/extra/mine"])
+    )
+    files = extra_images(params.prepare.extra_train, tmp_path)
+    assert [f.name for f in files] == ["big.png", "tall.jpg"]
+    assert prepare(raw_dir, tmp_path / "out", params, files) == {"train": 4 + 5, "test": 2}
+    train, meta = load_split(tmp_path / "out", "train")
+    assert train["hr"].shape == (9, 1, 321, 480) and train["lr"].shape == (9, 1, 107, 160)
+    assert meta["extra_train"] == "data/extra/mine" and len(meta["extra_sha256"]) == 64
+    # the first tile is the big picture's top-left 480x321 of its centred grid, its LR bicubic
+    big = Image.open(files[0]).convert("RGB").crop((20, 29, 500, 350))
+    np.testing.assert_array_equal(train["hr"][4, 0].numpy(), y_channel(big))
+    np.testing.assert_array_equal(train["lr"][4, 0].numpy(), y_channel(downscale(big, 3)))
+    # the portrait picture came back to landscape
+    tall = Image.open(files[1]).convert("RGB").transpose(Image.Transpose.ROTATE_90)
+    assert torch.equal(train["hr"][8, 0], torch.from_numpy(y_channel(tall.crop((0, 0, 480, 321)))))
+
+
+def test_bad_folders_of_your_pictures_are_one_line_errors(raw_dir, tmp_path):
+
+    import pytest
+
+    from srctl import params as P
+    from srctl.errors import SrctlError
+    from srctl.prepare import extra_images, prepare
+
+    mine = your_pictures(tmp_path)
+    (tmp_path / "data" / "extra" / "empty").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    cases = {
+        "data/extra/nope": "data/extra/nope: no such folder",
+        "data/extra/empty": "data/extra/empty: no images",
+        "elsewhere": "elsewhere is not under data/extra",
+    }
+    for folder, message in cases.items():
+        with pytest.raises(SrctlError, match=message) as err:
+            extra_images([folder], tmp_path)
+        assert "\n" not in str(err.value)
+    (mine / "broken.jpg").write_bytes((mine / "tall.jpg").read_bytes()[:300])
+    Image.new("RGB", (400, 300)).save(mine / "small.png")
+    for bad, message in (
+        ("broken.jpg", "broken.jpg: damaged or unreadable image"),
+        ("small.png", "small.png: 400x300 is smaller than a 480x321 training picture"),
+    ):
+        with pytest.raises(SrctlError, match=message):
+            prepare(raw_dir, tmp_path / "out", P.Params(), [mine / "big.png", mine / bad])
+        assert not (tmp_path / "out").exists()  # nothing half-written

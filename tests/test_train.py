@@ -102,6 +102,35 @@ def test_data_prepared_for_another_degradation_is_refused(prepared_dir, tmp_path
         _run(tiny_params(degradation="real"), prepared_dir, tmp_path, "f")
 
 
+def test_init_starts_from_a_logged_model_and_names_its_run_the_parent(
+    prepared_dir, tmp_path, mlflow_store
+):
+    """train.init (fine-tuning): with a learning rate of 0 the model that comes out is the one it
+    started from, so the weights were loaded; the new run is the source run's child in MLflow."""
+    import mlflow
+
+    s, source = _run(tiny_params(epochs=1), prepared_dir, tmp_path, "source")
+    source_id = json.loads((source / "run.json").read_text())["run_id"]
+    frozen = tiny_params(epochs=1, init=source_id, lr=0.0, lr_final=0.0, precision="fp32")
+    _, tuned = _run(frozen, prepared_dir, tmp_path, "tuned")
+    w0, w1 = M.load(source / "model").state_dict(), M.load(tuned / "model").state_dict()
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    run = mlflow.MlflowClient().get_run(json.loads((tuned / "run.json").read_text())["run_id"])
+    assert run.data.tags["mlflow.parentRunId"] == source_id
+    assert run.data.params["train.init"] == source_id and run.info.run_name.endswith("finetuned")
+    # a model of another network, or a name that resolves to nothing: one line, before training
+    with pytest.raises(
+        SrctlError, match=r"train.init .*: an x3 contrast model, params train an x3 seed one"
+    ):
+        _run(tiny_params(init=source_id, arch="seed"), prepared_dir, tmp_path, "g")
+    with pytest.raises(
+        SrctlError,
+        match=r"train.init espcn-x3@champion: cannot load model models:/espcn-x3@champion",
+    ):
+        _run(tiny_params(init="espcn-x3@champion"), prepared_dir, tmp_path, "h")
+    assert len(mlflow.search_runs(search_all_experiments=True)) == 2  # no run for either
+
+
 # --- interruption and resume, with real signals to a real `python -m srctl.train`
 # ----------------------
 

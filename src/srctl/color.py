@@ -1,4 +1,5 @@
-"""Images <-> uint8 tensors, and the full-range BT.601 (JFIF) YCbCr that PIL and JPEG use.
+"""Image files -> upright pictures; pictures <-> uint8 tensors; the full-range BT.601 (JFIF)
+YCbCr that PIL and JPEG use.
 
 One implementation for prepare (training Y), infer and video, so that a frame upscaled by
 `srctl video` equals the same frame through `srctl infer`.
@@ -6,9 +7,15 @@ One implementation for prepare (training Y), infer and video, so that a frame up
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+from typing import BinaryIO
+
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from srctl.errors import SrctlError
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _TO_YCBCR = torch.tensor(
@@ -97,3 +104,33 @@ def rgb_to_yuv420p(rgb: torch.Tensor) -> torch.Tensor:
         uv[:, 1].reshape(n, h // 4, w),
     ]
     return torch.cat(planes, 1).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def decode_image(source: Path | BinaryIO, name: str, max_pixels: int | None = None) -> Image.Image:
+    """The decoded image, turned upright by its EXIF orientation; SrctlError naming `name` if it
+    can't be."""
+    try:
+        with warnings.catch_warnings(), Image.open(source) as img:
+            # past MAX_IMAGE_PIXELS Pillow only warns (a 12000x8000 photo does); past twice that it
+            # refuses
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if max_pixels and img.width * img.height > max_pixels:
+                raise SrctlError(
+                    f"{name}: {img.width}x{img.height} is over the limit of {max_pixels} pixels"
+                )
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+            upright.info.setdefault("icc_profile", img.info.get("icc_profile"))
+            return upright
+    except SrctlError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise SrctlError(f"{name}: too many pixels to decode safely ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise SrctlError(f"{name}: not an image (unknown or empty file)") from exc
+    except (
+        Exception
+    ) as exc:  # a decoder fed hostile bytes can raise anything: all of it means 'bad image'
+        raise SrctlError(
+            f"{name}: damaged or unreadable image ({type(exc).__name__}: {exc})"
+        ) from exc

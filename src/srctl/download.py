@@ -26,7 +26,16 @@ def content_hash(dataset: Path) -> str:
     files = sorted(
         (f"BSDS300/images/{p.parent.name}/{p.name}", p) for p in dataset.glob("images/*/*.jpg")
     )
-    digest = hashlib.sha256()
+    return _sha256(files)
+
+
+def files_hash(paths: list[Path]) -> str:
+    """The same kind of hash over any files (named by their file names, in the given order)."""
+    return _sha256([(p.name, p) for p in paths])
+
+
+def _sha256(files: list[tuple[str, Path]]) -> str:
+    digest = hashlib.sha256()  # name + NUL + bytes of each file
     for name, path in files:
         digest.update(name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()

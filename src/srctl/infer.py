@@ -12,18 +12,16 @@ import io
 import os
 import sys
 import threading
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from srctl import model as M
-from srctl.color import rgb_to_ycbcr, to_image, to_tensor, ycbcr_to_rgb
+from srctl.color import decode_image, rgb_to_ycbcr, to_image, to_tensor, ycbcr_to_rgb
 from srctl.device import pick_device
 from srctl.errors import SrctlError
 from srctl.files import atomic_path
@@ -151,36 +149,6 @@ def check_inputs(paths: list[Path]) -> None:
             problems.append(str(exc))
     if len(problems) == len(paths):
         raise SrctlError("\n".join(problems))
-
-
-def decode_image(source: Path | BinaryIO, name: str, max_pixels: int | None = None) -> Image.Image:
-    """The decoded image, turned upright by its EXIF orientation; SrctlError naming `name` if it
-    can't be."""
-    try:
-        with warnings.catch_warnings(), Image.open(source) as img:
-            # past MAX_IMAGE_PIXELS Pillow only warns (a 12000x8000 photo does); past twice that it
-            # refuses
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            if max_pixels and img.width * img.height > max_pixels:
-                raise SrctlError(
-                    f"{name}: {img.width}x{img.height} is over the limit of {max_pixels} pixels"
-                )
-            img.load()
-            upright = ImageOps.exif_transpose(img)
-            upright.info.setdefault("icc_profile", img.info.get("icc_profile"))
-            return upright
-    except SrctlError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise SrctlError(f"{name}: too many pixels to decode safely ({exc})") from exc
-    except UnidentifiedImageError as exc:
-        raise SrctlError(f"{name}: not an image (unknown or empty file)") from exc
-    except (
-        Exception
-    ) as exc:  # a decoder fed hostile bytes can raise anything: all of it means 'bad image'
-        raise SrctlError(
-            f"{name}: damaged or unreadable image ({type(exc).__name__}: {exc})"
-        ) from exc
 
 
 def open_image(path: Path) -> Image.Image:

@@ -26,6 +26,8 @@ class Download:
 class Prepare:
     max_train_images: int = 0  # 0 = all
     max_test_images: int = 0
+    # folders of your own HR pictures under data/extra (`dvc add` them), added to the training split
+    extra_train: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,9 @@ class Train:
     # clean: LR = the bicubic downscale; real: blurred, noisy, JPEG'd LR (params' degrade section),
     # registered as <model_name>-x<scale>-real
     degradation: str = "clean"
+    # "" trains from scratch; NAME@ALIAS, NAME/VERSION or a run id: from that logged model's weights
+    # (fine-tuning; the run is recorded as the new run's parent)
+    init: str = ""
     epochs: int = 9
     steps_per_epoch: int = 2000
     batch_size: int = 10
@@ -139,6 +144,10 @@ class Paths:
     @property
     def dataset(self) -> Path:  # BSDS300 as the download stage leaves it
         return self.raw / "BSDS300"
+
+    @property
+    def extra(self) -> Path:  # where prepare.extra_train's folders live (a dep of prepare)
+        return self.root / "data" / "extra"
 
     @property
     def prepared(self) -> Path:
@@ -260,6 +269,8 @@ def load(path: Path | None = None) -> Params:
             f"got {params.train.degradation!r}"
         )
     _check_degrade(params.degrade)
+    if not all(isinstance(f, str) and f for f in params.prepare.extra_train):
+        raise SrctlError("params.yaml: prepare.extra_train must be a list of folders")
     if params.train.compile not in ("auto", "never"):
         raise SrctlError(
             f"params.yaml: train.compile must be auto or never, got {params.train.compile!r}"

@@ -4,7 +4,8 @@ HR = image cropped to a multiple of the scale; LR = its antialiased bicubic down
 `train.degradation: real` a pool of randomly degraded copies of it (degrade.py), from which
 training cuts its patches: degrading once here costs the training step nothing.
 Portrait images are turned to landscape so each split stacks into one uint8 tensor that training
-keeps resident (on the GPU too)."""
+keeps resident (on the GPU too). The user's own pictures (`prepare.extra_train`, folders under
+data/extra) join the training split as tiles of the BSDS300 pictures' size."""
 
 from __future__ import annotations
 
@@ -17,23 +18,66 @@ from PIL import Image
 
 from srctl import degrade
 from srctl import params as P
-from srctl.color import y_channel
+from srctl.color import decode_image, y_channel
 from srctl.degrade import downscale
-from srctl.download import content_hash
+from srctl.download import content_hash, files_hash
 from srctl.errors import SrctlError, run_main
 from srctl.files import atomic_dir
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-def _images(paths: list[Path], scale: int) -> list[Image.Image]:
+
+def _landscape(img: Image.Image) -> Image.Image:
+    img = img.convert("RGB")
+    return img.transpose(Image.Transpose.ROTATE_90) if img.height > img.width else img
+
+
+def landscape_crops(paths: list[Path], scale: int) -> list[Image.Image]:
     """The RGB images of `paths` turned to landscape and cropped to one common size, a multiple of
     `scale`."""
-    imgs = []
-    for path in paths:
-        img = Image.open(path).convert("RGB")
-        imgs.append(img.transpose(Image.Transpose.ROTATE_90) if img.height > img.width else img)
+    imgs = [_landscape(Image.open(path)) for path in paths]
     w = min(i.width for i in imgs) // scale * scale
     h = min(i.height for i in imgs) // scale * scale
     return [i.crop((0, 0, w, h)) for i in imgs]
+
+
+def extra_images(folders: list[str], root: Path) -> list[Path]:
+    """The image files in prepare.extra_train's folders (relative to the project `root`), sorted;
+    each folder must lie under data/extra, which the prepare stage depends on (so DVC sees a change
+    to it), and hold images."""
+    extra, files = P.Paths(root).extra.resolve(), []
+    for name in folders:
+        folder = (root / name).resolve()
+        if not folder.is_relative_to(extra):
+            raise SrctlError(
+                f"prepare.extra_train: {name} is not under data/extra, the folder the prepare "
+                "stage depends on; move it there (and `dvc add` it)"
+            )
+        if not folder.is_dir():
+            raise SrctlError(f"prepare.extra_train: {name}: no such folder")
+        found = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise SrctlError(
+                f"prepare.extra_train: {name}: no images ({', '.join(IMAGE_SUFFIXES)})"
+            )
+        files += found
+    return files
+
+
+def _tiles(path: Path, w: int, h: int) -> list[Image.Image]:
+    """One of the user's pictures (turned to landscape) as the w x h tiles that fit in it."""
+    img = _landscape(decode_image(path, str(path)))  # upright by its EXIF orientation first
+    nx, ny = img.width // w, img.height // h
+    if not nx or not ny:
+        raise SrctlError(
+            f"{path}: {img.width}x{img.height} is smaller than a {w}x{h} training picture"
+        )
+    x0, y0 = (img.width - nx * w) // 2, (img.height - ny * h) // 2  # a centred grid
+    return [
+        img.crop((x0 + i * w, y0 + j * h, x0 + (i + 1) * w, y0 + (j + 1) * h))
+        for j in range(ny)
+        for i in range(nx)
+    ]
 
 
 def _lr(hr: Image.Image, index: int, split: str, scale: int, params: P.Params) -> np.ndarray:
@@ -49,10 +93,10 @@ def _lr(hr: Image.Image, index: int, split: str, scale: int, params: P.Params) -
     return np.stack([y_channel(degrade.real(hr, scale, cfg, rng)) for rng in rngs])
 
 
-def pairs(paths: list[Path], split: str, params: P.Params) -> dict[str, torch.Tensor]:
-    """HR and LR Y channels of `paths` as uint8 tensors [N, 1, H, W] and [N, V, H/s, W/s] (V LR
-    variants of each image: 1, or degrade.variants for a real model's training pictures)."""
-    hr = _images(paths, params.scale)
+def pairs(hr: list[Image.Image], split: str, params: P.Params) -> dict[str, torch.Tensor]:
+    """HR and LR Y channels of the same-size pictures `hr` as uint8 tensors [N, 1, H, W] and
+    [N, V, H/s, W/s] (V LR variants of each: 1, or degrade.variants for a real model's training
+    pictures)."""
     return {
         "hr": torch.from_numpy(np.stack([y_channel(i) for i in hr]))[:, None],
         "lr": torch.from_numpy(
@@ -61,14 +105,21 @@ def pairs(paths: list[Path], split: str, params: P.Params) -> dict[str, torch.Te
     }
 
 
-def prepare(raw_dir: Path, out_dir: Path, params: P.Params) -> dict[str, int]:
+def prepare(
+    raw_dir: Path, out_dir: Path, params: P.Params, extra: list[Path] = ()
+) -> dict[str, int]:
+    """Write train.safetensors and test.safetensors into `out_dir` (atomically); the training
+    split gets the tiles of the `extra` image files (see extra_images) after BSDS300's pictures.
+    Returns how many pictures went into each split."""
     from safetensors.torch import save_file
 
     dataset, cfg = raw_dir / "BSDS300", params.prepare
     # one metadata entry: safetensors writes several in a random order, so the same data would get
     # another file hash (and DVC would see a change) on every run
     facts = {"scale": str(params.scale), "dataset_sha256": content_hash(dataset)}
-    meta = {"srctl": json.dumps(facts | {"degradation": params.train.degradation})}
+    facts |= {"degradation": params.train.degradation}
+    if extra:
+        facts |= {"extra_train": ", ".join(cfg.extra_train), "extra_sha256": files_hash(extra)}
     counts = {}
     with atomic_dir(out_dir) as tmp:
         for split, limit in (("train", cfg.max_train_images), ("test", cfg.max_test_images)):
@@ -77,8 +128,12 @@ def prepare(raw_dir: Path, out_dir: Path, params: P.Params) -> dict[str, int]:
                 raise SrctlError(
                     f"{dataset}/images/{split}: no JPEG images; run the download stage first"
                 )
-            save_file(pairs(paths, split, params), str(tmp / f"{split}.safetensors"), metadata=meta)
-            counts[split] = len(paths)
+            hr = landscape_crops(paths, params.scale)
+            if split == "train":
+                hr += [tile for f in extra for tile in _tiles(f, hr[0].width, hr[0].height)]
+            meta = {"srctl": json.dumps(facts)}
+            save_file(pairs(hr, split, params), str(tmp / f"{split}.safetensors"), metadata=meta)
+            counts[split] = len(hr)
     return counts
 
 
@@ -98,10 +153,12 @@ def load_split(
 
 def main() -> None:
     params, where = P.load(), P.paths()
-    counts = prepare(where.raw, where.prepared, params)
+    extra = extra_images(params.prepare.extra_train, where.root)  # bad folders fail here, first
+    counts = prepare(where.raw, where.prepared, params, extra)
+    yours = f" (with {len(extra)} of your pictures, as tiles)" if extra else ""
     print(
-        f"prepare: x{params.scale} {params.train.degradation} pairs from {counts['train']} train "
-        f"and {counts['test']} test images"
+        f"prepare: x{params.scale} {params.train.degradation} pairs from {counts['train']} train"
+        f"{yours} and {counts['test']} test pictures"
     )
 
 

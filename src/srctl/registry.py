@@ -88,16 +88,22 @@ def check_reachable() -> None:
 
 
 def run_name(params: P.Params) -> str:
-    """A run's name in the MLflow UI: the DVC experiment's, else what ran (x3-contrast-18k, and
-    x3-contrast-18k-real for a model of degraded pictures)."""
+    """A run's name in the MLflow UI: the DVC experiment's, else what ran (x3-contrast-18k;
+    x3-contrast-18k-real for a model of degraded pictures; x3-contrast-2k-finetuned from
+    train.init)."""
     steps = params.train.epochs * params.train.steps_per_epoch
     label = f"{steps // 1000}k" if steps % 1000 == 0 else str(steps)
     real = "-real" if params.train.degradation == "real" else ""
+    label += "-finetuned" if params.train.init else ""
     return os.environ.get("DVC_EXP_NAME") or f"x{params.scale}-{params.train.arch}-{label}{real}"
 
 
-def _log_dataset(mlflow, params: P.Params, dataset_sha256: str) -> None:
-    """BSDS300 as the run's input, so the UI's Datasets section shows what the model learnt from."""
+def _log_dataset(
+    mlflow, params: P.Params, dataset_sha256: str, extra: tuple[str, str] | None
+) -> None:
+    """BSDS300 (and the user's own pictures) as the run's inputs, so the UI's Datasets section
+    shows what the model learnt from."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.http_dataset_source import HTTPDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
 
@@ -106,14 +112,26 @@ def _log_dataset(mlflow, params: P.Params, dataset_sha256: str) -> None:
         HTTPDatasetSource(params.download.url), name="BSDS300", digest=dataset_sha256[:16]
     )
     mlflow.log_input(dataset, context="training", tags={"content_sha256": dataset_sha256})
+    if extra:
+        folders, sha256 = extra
+        source = resolve_dataset_source(P.paths().extra.resolve().as_uri())
+        dataset = MetaDataset(source, name=f"extra_train: {folders}", digest=sha256[:16])
+        mlflow.log_input(dataset, context="training", tags={"content_sha256": sha256})
 
 
 @contextlib.contextmanager
 def training_run(
-    params: P.Params, dataset_sha256: str, resume_run_id: str | None = None
+    params: P.Params,
+    dataset_sha256: str,
+    resume_run_id: str | None = None,
+    parent_run_id: str | None = None,
+    extra: tuple[str, str] | None = None,
 ) -> Iterator[object]:
     """An MLflow run holding every param, the dataset and the provenance tags, or the interrupted
-    run `resume_run_id`. It ends FINISHED, FAILED if the block raises, KILLED on Ctrl-C/SIGTERM."""
+    run `resume_run_id`. It ends FINISHED, FAILED if the block raises, KILLED on Ctrl-C/SIGTERM.
+
+    `parent_run_id`: the run whose model it starts from (train.init), shown as its parent in the
+    UI; `extra`: (folder list, content hash) of the user's own pictures, a second dataset input."""
     check_reachable()
     mlflow = _mlflow()
     exp_name = os.environ.get("DVC_EXP_NAME")
@@ -123,6 +141,8 @@ def training_run(
         tags["git_commit"] = commit
     if exp_name:
         tags["dvc_exp_name"] = exp_name
+    if parent_run_id:  # the tag MLflow's own nested runs carry: the UI lists the run under it
+        tags |= {"mlflow.parentRunId": parent_run_id, "init": params.train.init}
     if resume_run_id:
         try:
             run = mlflow.start_run(run_id=resume_run_id)
@@ -135,7 +155,7 @@ def training_run(
             experiment_id=_experiment_id(mlflow), run_name=run_name(params), tags=tags
         )
         mlflow.log_params(params.flat())
-        _log_dataset(mlflow, params, dataset_sha256)
+        _log_dataset(mlflow, params, dataset_sha256, extra)
     with run:
         try:
             yield run
@@ -251,6 +271,17 @@ def run_of(uri: str) -> str:
     except mlflow.exceptions.MlflowException as exc:
         raise SrctlError(f"no model {uri} in {tracking_uri()}") from exc
     return mv.run_id
+
+
+def init_model(ref: str) -> tuple[Path, str]:
+    """train.init: the folder of the logged model `ref` names (NAME@ALIAS, NAME/VERSION or a run
+    id), and the id of the run that trained it."""
+    uri = model_uri(model=ref) if "@" in ref or "/" in ref else model_uri(run_id=ref)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a stage's log: no bar
+    try:
+        return fetch_model(uri), run_of(uri)
+    except SrctlError as exc:
+        raise SrctlError(f"train.init {ref}: {exc}") from exc
 
 
 def _cache_dir(uri: str) -> Path | None:

@@ -228,6 +228,26 @@ def _load_data(
     return data, test, meta
 
 
+def _init_weights(net: torch.nn.Module, params: P.Params) -> str | None:
+    """train.init: start from the weights of the logged model it names (fine-tuning); returns the
+    id of the run that trained them. Rank 0 alone loads them: DDP broadcasts them to the others."""
+    ref = params.train.init
+    if not ref:
+        return None
+    folder, run_id = registry.init_model(ref)
+    start = M.load(folder)
+    if start.config() != net.config():
+        arch = next(
+            (a for a in M.ARCHS if M.ESPCN.named(a, start.scale).config() == start.config()), "?"
+        )
+        raise SrctlError(
+            f"train.init {ref}: an x{start.scale} {arch} model, params train an x{params.scale} "
+            f"{params.train.arch} one"
+        )
+    net.load_state_dict(start.state_dict())
+    return run_id
+
+
 def _duration(seconds: float) -> str:
     seconds = round(seconds)
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
@@ -353,8 +373,10 @@ def train(
     device = _rank_device()
     data, test, meta = _load_data(prepared_dir, params, device)
     state, amp = _build(params, data, batch, rank, world)
+    parent = _init_weights(state.net, params) if rank == 0 else None
     checkpoint = run_file.parent / CHECKPOINT
-    fingerprint = _fingerprint(params, meta["dataset_sha256"], world)
+    data_sha256 = meta["dataset_sha256"] + meta.get("extra_sha256", "")  # with your own pictures
+    fingerprint = _fingerprint(params, data_sha256, world)
     if cfg.resume:
         _restore(state, checkpoint, fingerprint, rank, world)
     fwd, is_compiled = _wrapped(state, world, cfg.compile)
@@ -362,7 +384,10 @@ def train(
     started = time.perf_counter() - state.seconds
     tracking = contextlib.nullcontext()
     if rank == 0:
-        tracking = registry.training_run(params, meta["dataset_sha256"], state.run_id)
+        extra = (meta["extra_train"], meta["extra_sha256"]) if "extra_sha256" in meta else None
+        tracking = registry.training_run(
+            params, meta["dataset_sha256"], state.run_id, parent, extra
+        )
     with tracking as run:
         state.run_id = run.info.run_id if rank == 0 else None
         for _ in range(state.epoch, cfg.epochs):
