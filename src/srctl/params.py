@@ -36,14 +36,14 @@ class Degrade:
     pictures are made (see degrade.real)."""
 
     variants: int = 16  # degraded LR copies of each training picture, made once by prepare
-    blur: float = 0.5  # probability of a Gaussian blur of the HR picture first
+    blur: float = 0.2  # probability of a Gaussian blur of the HR picture first
     blur_sigma: list = field(default_factory=lambda: [0.2, 1.5])  # HR pixels
     kernels: list = field(default_factory=lambda: ["bicubic", "bilinear", "area"])
-    noise: float = 0.5  # probability of noise on the LR picture
+    noise: float = 0.2  # probability of noise on the LR picture
     poisson: float = 0.3  # of the noise: Poisson (shot) noise, else Gaussian
     noise_sigma: list = field(default_factory=lambda: [1.0, 10.0])  # Gaussian, levels of 255
     poisson_peak: list = field(default_factory=lambda: [200.0, 2000.0])  # photons at white
-    jpeg: float = 0.9  # probability of JPEG (4:2:0 chroma) last
+    jpeg: float = 0.8  # probability of JPEG (4:2:0 chroma) last
     jpeg_quality: list = field(default_factory=lambda: [30, 95])
 
 
