@@ -4,11 +4,14 @@ Prints, for this machine:
   1. 100 BSDS300 test images downscaled x3: one `srctl infer` call vs the naive script, whole
      processes (start-up included);
   2. one 1280x720 frame to 3840x2160: the same two, whole processes;
-  3. model throughput on 640x360 inputs (frames/s): srctl's upscale path (fp32 and bf16) vs the
-     naive NCHW fp32 forward;
+  3. model throughput on 640x360 inputs (frames/s): srctl's PyTorch path (fp32 and bf16) and its
+     onnxruntime path (fp32) vs the naive NCHW fp32 forward;
   4. with --big: a 12000x8000 photo through `srctl infer` (tiled): time and peak memory.
 
-Usage (from the repo root, after `make repro`): python bench/infer_speed.py [--run-id ID] [--big]
+Usage (from the repo root, after `make repro`):
+    python bench/infer_speed.py [--run-id ID] [--precision fp32|bf16] [--big]
+--precision is passed to `srctl infer` (default: the machine's own choice, as a user gets it:
+bf16 on PyTorch where the CPU has AVX512-BF16 or AMX, else fp32 on onnxruntime).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def main() -> None:
     ap.add_argument("--run-id", default=None, help="default: models/mlflow_run.json")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--big", action="store_true")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default=None)
     args = ap.parse_args()
 
     import torch
@@ -49,9 +53,9 @@ def main() -> None:
 
     from srctl import model as M
     from srctl import params as P
-    from srctl import registry
+    from srctl import registry, runtime
     from srctl.degrade import crop_to_multiple, downscale
-    from srctl.infer import upscale_batch
+    from srctl.upscale import upscale_batch
 
     run_id = args.run_id or registry.read_run(P.Paths(ROOT).run_file)["run_id"]
     model_dir = registry.fetch_model(
@@ -59,6 +63,9 @@ def main() -> None:
     )  # cached: both sides start from local files
     work = Path(tempfile.mkdtemp(prefix="srctl-bench-"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; run {run_id}")
+    chosen = runtime.suits(None, args.precision, None)
+    print(f"srctl infer runs on {'onnxruntime (fp32)' if chosen else 'PyTorch'} here")
+    infer = [*SRCTL, "infer", *([f"--{args.precision}"] if args.precision else [])]
 
     # 1. 100 small images
     lr = work / "lr"
@@ -68,7 +75,7 @@ def main() -> None:
     files = sorted(str(p) for p in lr.iterdir())
     ours = best_of(
         args.repeat,
-        lambda i: [*SRCTL, "infer", "--run-id", run_id, str(lr), "-o", str(work / f"s{i}"), "-q"],
+        lambda i: [*infer, "--run-id", run_id, str(lr), "-o", str(work / f"s{i}"), "-q"],
     )
     naive = best_of(
         args.repeat,
@@ -94,8 +101,7 @@ def main() -> None:
     ours = best_of(
         args.repeat,
         lambda i: [
-            *SRCTL,
-            "infer",
+            *infer,
             "--run-id",
             run_id,
             str(frame),
@@ -135,10 +141,11 @@ def main() -> None:
         naive_fps = fps(lambda: net(y))
     fp32 = fps(lambda: upscale_batch(net, x, tile=1024))
     bf16 = fps(lambda: upscale_batch(net, x, tile=1024, amp=torch.bfloat16))
+    onnx = runtime.OnnxEngine(model_dir, tile=1024)
+    ort = fps(lambda: onnx(x.numpy()))
     print(
-        f"[3] 640x360 frames/s: srctl --fp32 {fp32:.1f}, srctl --bf16 (the default here) "
-        f"{bf16:.1f}, naive NCHW fp32 forward {naive_fps:.1f} "
-        f"(target >= 6)"
+        f"[3] 640x360 frames/s: srctl PyTorch fp32 {fp32:.1f}, PyTorch bf16 {bf16:.1f}, "
+        f"onnxruntime fp32 {ort:.1f}; naive NCHW fp32 forward {naive_fps:.1f} (target >= 6)"
     )
 
     # 4. a 12000x8000 photo
@@ -150,15 +157,13 @@ def main() -> None:
         start = time.perf_counter()
         subprocess.run(
             [
-                *SRCTL,
-                "infer",
+                *infer,
                 "--run-id",
                 run_id,
                 str(big),
                 "-o",
                 str(work / "big_x3.png"),
                 "-q",
-                "--bf16",
             ],
             check=True,
             cwd=ROOT,
@@ -167,7 +172,7 @@ def main() -> None:
         seconds = time.perf_counter() - start
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
         print(
-            f"[4] 12000x8000 -> 36000x24000 (--bf16): {seconds:.0f} s, "
+            f"[4] 12000x8000 -> 36000x24000: {seconds:.0f} s, "
             f"peak memory of the largest child {peak:.1f} GiB"
         )
     shutil.rmtree(work)

@@ -21,7 +21,7 @@ import torch
 from srctl import model as M
 from srctl.color import rgb_to_yuv420p
 from srctl.device import autocast_dtype, pick_device
-from srctl.infer import upscale_batch
+from srctl.upscale import upscale_batch
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ from PIL import Image
 
 from srctl import model as M
 from srctl.errors import SrctlError
-from srctl.infer import open_image, upscale_image
+from srctl.infer import open_image
+from srctl.upscale import upscale_image
 
 
 def _seed_files() -> list[bytes]:

@@ -12,7 +12,8 @@ from PIL import Image
 
 from srctl import model as M
 from srctl.errors import SrctlError
-from srctl.infer import PyfuncModel, infer, open_image, output_paths, upscale_image
+from srctl.infer import PyfuncModel, engine, infer, open_image, output_paths
+from srctl.upscale import upscale_image
 
 from conftest import BSDS300, DATASETS, srctl_cli
 
@@ -53,7 +54,7 @@ def test_infer_batch_keeps_going_past_a_bad_file(tmp_path, photo, model_dir):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image at all")
     before = photo.read_bytes()
-    failed = infer([photo, bad], model_dir, tmp_path / "out")
+    failed = infer([photo, bad], engine(model_dir, precision="fp32"), tmp_path / "out")
     assert failed == 1
     assert Image.open(tmp_path / "out" / "photo.png").size == (481 * 3, 321 * 3)
     assert not (tmp_path / "out" / "broken.png").exists()
@@ -252,7 +253,8 @@ def test_tiles_equal_untiled_inference(photo, arch):
 def test_size_resizes_the_result_keeping_the_aspect_unless_both_sides_are_given(
     tmp_path, photo, model_dir
 ):
-    from srctl.infer import parse_size, target_size
+    from srctl.infer import parse_size
+    from srctl.pictures import target_size
 
     assert parse_size("1920x1080") == (1920, 1080)
     assert parse_size("640") == parse_size("640x") == (640, None)
@@ -282,21 +284,22 @@ def test_size_resizes_the_result_keeping_the_aspect_unless_both_sides_are_given(
         ), res.stderr
 
 
-def _flat_error(net, amp) -> int:
-    """The largest change, in levels, of a flat region through upscale_batch: whole grey pictures
+def flat_error(net, run) -> int:
+    """The largest change, in levels, of a flat region through `run` (uint8 [N, 3, h, w] tensors
+    -> their upscale by the network `net`; upscale_batch, say): whole grey pictures
     of every level 0..255 (borders included), and two-level pictures (a vertical edge) away from
     the edge by the receptive field and bicubic's reach."""
     import torch
 
-    from srctl.infer import receptive_radius, upscale_batch
+    from srctl.upscale import receptive_radius
 
     levels = torch.arange(256, dtype=torch.uint8)
     flat = levels[:, None, None, None].expand(256, 3, 14, 12).contiguous()
-    worst = (upscale_batch(net, flat, amp=amp).int() - flat[:, :, :1, :1].int()).abs().max()
+    worst = (run(flat).int() - flat[:, :, :1, :1].int()).abs().max()
     pairs = torch.tensor([[0, 255], [0, 40], [16, 235], [128, 131], [255, 200], [7, 0]])
     edge = pairs[:, :, None].repeat_interleave(10, dim=2)[:, None, None].expand(-1, 3, 14, 2, 10)
     edge = edge.reshape(len(pairs), 3, 14, 20).to(torch.uint8)
-    out = upscale_batch(net, edge, amp=amp).int()
+    out = run(edge).int()
     s, reach = net.scale, (receptive_radius(net) + 2) * net.scale
     for side, col in ((0, slice(0, 10 * s - reach)), (1, slice(10 * s + reach, None))):
         want = pairs[:, side, None, None, None].int()
@@ -315,8 +318,12 @@ def test_flat_and_dark_regions_keep_their_level():
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    assert _flat_error(net, None) <= 1 and _flat_error(net, torch.bfloat16) <= 1
-    assert _flat_error(M.ESPCN.named("residual", 3).eval(), None) > 1
+    from srctl.upscale import upscale_batch
+
+    for amp in (None, torch.bfloat16):
+        assert flat_error(net, lambda x, amp=amp: upscale_batch(net, x, amp=amp)) <= 1
+    residual = M.ESPCN.named("residual", 3).eval()
+    assert flat_error(residual, lambda x: upscale_batch(residual, x)) > 1
 
 
 def test_folders_globs_and_batches(tmp_path, model_dir, capsys):
@@ -338,7 +345,8 @@ def test_folders_globs_and_batches(tmp_path, model_dir, capsys):
     # three same-size images go through the network as one batch: same result as one by one, up
     # to float rounding (oneDNN may pick another convolution kernel for a batch of 3 than for 1, so
     # a pixel near x.5 can round the other way: seen on a CI machine)
-    assert infer(collect_inputs([str(folder)]), model_dir, tmp_path / "out") == 0
+    run = engine(model_dir, precision="fp32")  # onnxruntime, against PyTorch one by one
+    assert infer(collect_inputs([str(folder)]), run, tmp_path / "out") == 0
     net = M.load(model_dir)
     for name in ("a", "b", "c"):
         src = next(folder.glob(f"{name}.*"))
@@ -356,12 +364,12 @@ def test_icc_profile_kept_and_output_format_from_the_name(tmp_path, model_dir):
     Image.open(BSDS300 / "images" / "test" / "3096.jpg").crop((0, 0, 40, 30)).save(
         src, icc_profile=icc
     )
-    assert infer([src], model_dir, tmp_path / "out.webp") == 0
+    assert infer([src], engine(model_dir), tmp_path / "out.webp") == 0
     out = Image.open(tmp_path / "out.webp")
     assert out.format == "WEBP" and out.info.get("icc_profile") == icc
     rgba = tmp_path / "alpha.png"
     Image.new("RGBA", (8, 8)).save(rgba)
     assert (
-        infer([rgba], model_dir, tmp_path / "alpha.jpg") == 1
+        infer([rgba], engine(model_dir, precision="fp32"), tmp_path / "alpha.jpg") == 1
     )  # JPEG has no alpha: a clear error, no file
     assert not (tmp_path / "alpha.jpg").exists()

@@ -111,3 +111,18 @@ def test_weights_that_do_not_match_the_config(tmp_path):
     )
     with pytest.raises(SrctlError, match="do not match"):
         M.load(tmp_path)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_bicubic_as_a_convolution_equals_interpolate(scale):
+    """The ONNX graph's bicubic (a convolution per output phase) is PyTorch's, borders included,
+    down to one-pixel pictures."""
+    torch.manual_seed(scale)
+    for shape in ((2, 3, 37, 53), (1, 1, 1, 1), (1, 2, 2, 5)):
+        x = torch.rand(shape)
+        got, want = M.bicubic_as_conv(x, scale), M.bicubic(x, scale)
+        assert got.shape == want.shape and (got - want).abs().max() < 1e-5
+    net = M.ESPCN.named("contrast", scale).eval()
+    y = torch.rand(1, 1, 20, 30)
+    with torch.no_grad():
+        assert (net(y, M.bicubic_as_conv) - net(y)).abs().max() < 1e-5

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from srctl import model as M
-from srctl.infer import upscale_image
+from srctl.upscale import upscale_image
 from srctl.video import upscale_video
 
 from conftest import BSDS300
@@ -74,7 +74,8 @@ def test_frames_equal_infer_audio_copied_rate_kept(clip, tmp_path):
 def test_size_resizes_every_frame_as_infer_does(clip, tmp_path):
     """--size 100x (the width; the height from the aspect ratio, even for 4:2:0): each frame is the
     network's result resized as `srctl infer --size` resizes it."""
-    from srctl.infer import resized, to_image, to_tensor, upscale_batch
+    from srctl.color import to_image, to_tensor
+    from srctl.upscale import resized, upscale_batch
 
     net = M.ESPCN.named("contrast", 3).eval()
     out = tmp_path / "sized.mov"

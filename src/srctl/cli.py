@@ -96,17 +96,17 @@ def infer(
     quiet: bool = QUIET,
 ) -> None:
     """Upscale images: the network upscales Y, Cb and Cr (and alpha) are upscaled bicubically."""
-    from srctl import device as D
     from srctl import infer as I
     from srctl import registry
 
     target = I.parse_size(size) if size else None
     paths = I.collect_inputs(images)
     I.check_inputs(paths)  # before fetching a model
-    amp = D.precision(_precision(half, bf16, fp32), D.pick_device(device))
+    precision = _precision(half, bf16, fp32)
     folder = registry.model_folder(run_id, model, model_dir)
     progress = _progress(quiet)
-    failed = I.infer(paths, folder, output, force, device, amp, tile, progress, target)
+    run = I.engine(folder, device, precision, tile, target, progress)
+    failed = I.infer(paths, run, output, force, progress)
     if failed:
         raise SrctlError(f"{failed} of {len(paths)} images failed")
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from srctl import model as M
-from srctl.infer import open_image, output_paths, save_image, upscale_image
+from srctl.infer import open_image, output_paths, save_image
+from srctl.upscale import upscale_image
 
 
 def compare_picture(net: M.ESPCN, img: Image.Image, zoom: int = 3) -> Image.Image:

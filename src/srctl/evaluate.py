@@ -20,8 +20,8 @@ from srctl.degrade import MESSENGER_QUALITY, crop_to_multiple, downscale, jpeg
 from srctl.device import pick_device
 from srctl.errors import SrctlError, run_main
 from srctl.files import write_json
-from srctl.infer import upscale_image
 from srctl.metrics import score
+from srctl.upscale import upscale_image
 
 
 def evaluate(

@@ -13,6 +13,7 @@ from srctl import params as P
 from srctl.color import y_channel
 from srctl.errors import SrctlError
 from srctl.files import atomic_path
+from srctl.upscale import receptive_radius, upscale_float
 
 
 def default_check_image() -> Path:
@@ -55,3 +56,44 @@ def export_onnx(net: M.ESPCN, path: Path, check_image: Path) -> float:
             raise SrctlError(f"ONNX output {got.shape} differs from PyTorch's {want.shape}")
         diff = float(np.abs(got - want).max())
     return diff
+
+
+class _Upscale(torch.nn.Module):
+    """upscale.upscale_float on uint8 pictures, in fp32, with bicubic as a convolution."""
+
+    def __init__(self, net: M.ESPCN):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = upscale_float(self.net, x.float(), None, M.bicubic_as_conv)
+        return y.round().clamp(0, 255).to(torch.uint8)
+
+
+def export_upscale(net: M.ESPCN, path: Path, channels: int) -> None:
+    """Write `path`: the whole upscale of runtime.OnnxEngine, uint8 [N, channels, h, w] (L, LA,
+    RGB or RGBA) -> uint8 [N, channels, h*s, w*s], with the scale and the halo tiles need in
+    its metadata."""
+    import onnx
+
+    net = net.cpu().eval()
+    dims = {
+        0: torch.export.Dim("n", min=1, max=1024),
+        2: torch.export.Dim("h"),
+        3: torch.export.Dim("w"),
+    }
+    example = torch.randint(0, 256, (2, channels, 32, 48), dtype=torch.uint8)  # 1 would fix n
+    with atomic_path(path) as tmp:
+        program = torch.onnx.export(
+            _Upscale(net).eval(),
+            (example,),
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_shapes={"x": dims},
+            dynamo=True,
+            verbose=False,
+        )
+        graph = program.model_proto
+        meta = {"scale": net.scale, "halo": max(receptive_radius(net), 2)}
+        onnx.helper.set_model_props(graph, {k: str(v) for k, v in meta.items()})
+        onnx.save(graph, str(tmp))

@@ -1,4 +1,6 @@
-"""Upscale images with a trained ESPCN in YCbCr: the network upscales Y, Cb and Cr go bicubic.
+"""`srctl infer`: image files in, upscaled PNGs out, through an engine that runs the network:
+onnxruntime (runtime.py) on CPUs in fp32, PyTorch (upscale.py) elsewhere. This module imports
+neither torch nor onnxruntime itself, so that the ONNX path starts in a fraction of a second.
 
 Also the MLflow pyfunc loader of a logged model (`loader_module="srctl.infer"`): base64 image
 file bytes in, base64 PNGs out.
@@ -16,78 +18,34 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from srctl import model as M
-from srctl.color import decode_image, rgb_to_ycbcr, to_image, to_tensor, ycbcr_to_rgb
-from srctl.device import pick_device
 from srctl.errors import SrctlError
 from srctl.files import atomic_path
+from srctl.pictures import TILE, decode_image, from_array, to_array
 
-TILE = 512  # LR pixels per tile side: memory stays bounded whatever the image size
 BATCH = 8  # same-size images run through the network together
 
 
-def _bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
-
-
-def receptive_radius(net: M.ESPCN) -> int:
-    """How far (in LR pixels) an output pixel sees: the overlap that makes tiles seamless."""
-    return sum(m.kernel_size[0] // 2 for m in net.modules() if isinstance(m, torch.nn.Conv2d))
-
-
-def _upscale(net: M.ESPCN, x: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
-    """float [N, C, h, w] in 0..255 on the net's device -> float [N, C, h*s, w*s]."""
-    s, c = net.scale, x.shape[1]
-    ycc = rgb_to_ycbcr(x[:, :3]) if c >= 3 else x[:, :1]
-    with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
-        y = net((ycc[:, :1] / 255).contiguous(memory_format=torch.channels_last))
-    parts = [y.float().clamp(0, 1) * 255]
-    if c >= 3:
-        parts = [ycbcr_to_rgb(torch.cat([parts[0], _bicubic(ycc[:, 1:], s)], 1))]
-    if c in (2, 4):  # alpha
-        parts.append(_bicubic(x[:, -1:], s))
-    return torch.cat(parts, 1)
-
-
-@torch.inference_mode()
-def upscale_batch(
-    net: M.ESPCN,
-    x: torch.Tensor,
+def engine(
+    model_dir: Path,
+    device: str | None = None,
+    precision: str | None = None,
     tile: int = TILE,
-    amp: torch.dtype | None = None,
+    size: tuple[int | None, int | None] | None = None,
     progress: bool = False,
-) -> torch.Tensor:
-    """uint8 [N, C, h, w] (C as in to_tensor) -> uint8 [N, C, h*s, w*s], in tiles of `tile` LR
-    pixels.
+):
+    """What runs the model in `model_dir`: a callable uint8 [N, C, h, w] -> [N, C, H, W] (numpy)
+    with `scale` and `tile`. onnxruntime where it suits (runtime.suits: the CPU in fp32, where
+    PyTorch's import alone took as long as the network on a 720p frame), else PyTorch (any
+    device and precision, and --size)."""
+    from srctl import runtime
 
-    Colour goes to YCbCr: the network upscales Y, Cb, Cr and alpha are upscaled bicubically. Tiles
-    overlap by the network's receptive radius (and bicubic's 2 pixels), so the result equals untiled
-    inference, and memory stays bounded by the tile size plus the uint8 output."""
-    s, halo = net.scale, max(receptive_radius(net), 2)
-    net.to(
-        memory_format=torch.channels_last
-    )  # weights too, not only activations: ~1.8x faster on CPU
-    device = next(net.parameters()).device
-    n, c, h, w = x.shape
-    out = torch.empty((n, c, h * s, w * s), dtype=torch.uint8, device=x.device)
-    corners = [(y0, x0) for y0 in range(0, h, tile) for x0 in range(0, w, tile)]
-    if progress and len(corners) > 1:  # a big image: show its tiles
-        from tqdm import tqdm
+    if runtime.suits(device, precision, size):
+        return runtime.OnnxEngine(model_dir, tile, progress)
+    from srctl.upscale import TorchEngine
 
-        corners = tqdm(corners, unit="tile", leave=False, file=sys.stderr)
-    for y0, x0 in corners:
-        y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-        a0, b0, a1, b1 = max(y0 - halo, 0), max(x0 - halo, 0), min(y1 + halo, h), min(x1 + halo, w)
-        r = _upscale(net, x[:, :, a0:a1, b0:b1].to(device).float(), amp)
-        r = r[:, :, (y0 - a0) * s : (y1 - a0) * s, (x0 - b0) * s : (x1 - b0) * s]
-        out[:, :, y0 * s : y1 * s, x0 * s : x1 * s] = (
-            r.round_().clamp_(0, 255).to(torch.uint8).to(x.device)
-        )
-    return out
+    return TorchEngine(model_dir, device, precision, tile, size, progress)
 
 
 def parse_size(text: str) -> tuple[int | None, int | None]:
@@ -101,33 +59,6 @@ def parse_size(text: str) -> tuple[int | None, int | None]:
     if size == (None, None) or any(v is not None and not 1 <= v <= 65535 for v in size):
         raise SrctlError(f"--size {text!r}: expected WxH, W or xH in pixels (1-65535)")
     return size
-
-
-def target_size(size, width: int, height: int, multiple: int = 1) -> tuple[int, int]:
-    """The (width, height) that `size` (from parse_size) asks of a `width` x `height` picture; a
-    side computed from the aspect ratio is rounded to a `multiple` (2 for 4:2:0 video)."""
-    w, h = size
-    fit = lambda v: max(multiple, round(v / multiple) * multiple)  # noqa: E731
-    if w and h:
-        return w, h
-    return (w, fit(height * w / width)) if w else (fit(width * h / height), h)
-
-
-def resized(x: torch.Tensor, size, multiple: int = 1) -> torch.Tensor:
-    """uint8 [N, C, H, W] brought to `size` (see target_size): bicubic, antialiased when shrinking
-    (the network's output, for a size that is not a multiple of its scale)."""
-    w, h = target_size(size, x.shape[-1], x.shape[-2], multiple)
-    if (w, h) == (x.shape[-1], x.shape[-2]):
-        return x
-    y = F.interpolate(x.float(), size=(h, w), mode="bicubic", antialias=True, align_corners=False)
-    return y.round_().clamp_(0, 255).to(torch.uint8)
-
-
-def upscale_image(
-    net: M.ESPCN, img: Image.Image, tile: int = TILE, amp: torch.dtype | None = None
-) -> Image.Image:
-    """Any image in, `net.scale` times larger out: RGB (L for greyscale), and its alpha if any."""
-    return to_image(upscale_batch(net, to_tensor(img)[None], tile, amp)[0])
 
 
 def check_path(path: Path) -> None:
@@ -264,12 +195,12 @@ class _Report:
                 self.fail(exc)
                 self.bar.update(1)
                 continue
-            yield src, dst, to_tensor(img), img.info.get("icc_profile")
+            yield src, dst, to_array(img), img.info.get("icc_profile")
 
-    def write(self, batch: list[tuple[Path, Path, torch.Tensor, bytes | None]], results) -> None:
+    def write(self, batch: list[tuple[Path, Path, np.ndarray, bytes | None]], results) -> None:
         for (src, dst, _, icc), result in zip(batch, results, strict=True):
             try:
-                img = to_image(result)
+                img = from_array(result)
                 save_image(img, dst, icc)
                 line = f"{src} -> {dst} ({img.width}x{img.height} {img.mode})"
                 self.bar.write(line, file=sys.stdout)
@@ -280,35 +211,25 @@ class _Report:
 
 def infer(
     inputs: list[Path],
-    model_dir: Path,
+    run,
     output: Path | None = None,
     force: bool = False,
-    device: str | None = None,
-    amp: torch.dtype | None = None,
-    tile: int = TILE,
     progress: bool = False,
-    size: tuple[int | None, int | None] | None = None,
 ) -> int:
-    """Upscale every input with the model in `model_dir` (loaded once), resized to `size` if given
-    (see parse_size); returns how many failed.
+    """Upscale every input with `run` (see `engine`); returns how many failed.
 
     Consecutive small images of the same size go through the network as one batch. A file that fails
     is reported on stderr (one line) and skipped; the others are still written."""
-    net = M.load(model_dir, pick_device(device))
-    outs = output_paths(inputs, output, net.scale, force)
+    outs = output_paths(inputs, output, run.scale, force)
     if output and len(inputs) > 1:
         output.mkdir(parents=True, exist_ok=True)
-    report = _Report(len(inputs), progress)  # upscale_batch adds a bar over a big image's tiles
+    report = _Report(len(inputs), progress)  # the engine adds a bar over a big image's tiles
     # PNG encoding (Pillow lets go of the GIL) overlaps decoding and the next batch's network; one
     # batch is written while the next is computed, no more, so memory stays bounded
     with ThreadPoolExecutor(max_workers=1) as writer:
         writing = None
-        for batch in _batches(report.decoded(inputs, outs), tile):
-            results = upscale_batch(
-                net, torch.stack([x for _, _, x, _ in batch]), tile, amp, progress
-            )
-            if size:
-                results = resized(results, size)
+        for batch in _batches(report.decoded(inputs, outs), run.tile):
+            results = run(np.stack([x for _, _, x, _ in batch]))
             if writing:
                 writing.result()
             writing = writer.submit(report.write, batch, results)
@@ -326,11 +247,13 @@ class PyfuncModel:
     """What `mlflow.pyfunc.load_model` (and `mlflow models serve`) runs for a srctl model:
     base64 image file bytes in, base64 PNGs out. A bad input is an MlflowException (HTTP 400)."""
 
-    def __init__(self, net: M.ESPCN):
+    def __init__(self, net):
         self.net = net
 
     def predict(self, model_input, params=None) -> list[str]:
         from mlflow.exceptions import MlflowException
+
+        from srctl.upscale import upscale_image
 
         if hasattr(model_input, "iloc"):  # the scoring server hands over a DataFrame
             items = model_input.iloc[:, 0].tolist()
@@ -356,4 +279,7 @@ class PyfuncModel:
 
 
 def _load_pyfunc(data_path: str) -> PyfuncModel:
+    from srctl import model as M
+    from srctl.device import pick_device
+
     return PyfuncModel(M.load(Path(data_path), pick_device()))

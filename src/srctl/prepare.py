@@ -18,11 +18,12 @@ from PIL import Image
 
 from srctl import degrade
 from srctl import params as P
-from srctl.color import decode_image, y_channel
+from srctl.color import y_channel
 from srctl.degrade import downscale
 from srctl.download import content_hash, files_hash
 from srctl.errors import SrctlError, run_main
 from srctl.files import atomic_dir
+from srctl.pictures import decode_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 

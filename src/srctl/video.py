@@ -23,7 +23,9 @@ from srctl import model as M
 from srctl.color import rgb_to_yuv420p
 from srctl.errors import SrctlError
 from srctl.files import atomic_path
-from srctl.infer import TILE, output_paths, resized, target_size, upscale_batch
+from srctl.infer import output_paths
+from srctl.pictures import TILE, target_size
+from srctl.upscale import resized, upscale_batch
 
 
 def _pix_fmt(codec: str) -> str:

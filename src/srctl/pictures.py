@@ -1,0 +1,117 @@
+"""Image files -> upright pictures -> uint8 arrays [C, H, W] and back, without PyTorch (so that
+the ONNX Runtime path of `srctl infer` starts without importing it); the tiles that bound memory.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from srctl.errors import SrctlError
+
+TILE = 512  # LR pixels per tile side: memory stays bounded whatever the image size
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _content_and_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """8-bit RGB or L content, and the alpha channel if the image has one.
+
+    16-bit greyscale is scaled to 8 bits; palette, CMYK, 1-bit, LAB... are converted to RGB.
+    """
+    if img.mode in _SIXTEEN_BIT:
+        img = Image.fromarray(
+            (np.asarray(img, dtype=np.float64) / 257).clip(0, 255).round().astype(np.uint8)
+        )
+    elif img.mode == "F":
+        img = Image.fromarray(np.asarray(img).clip(0, 255).round().astype(np.uint8))
+    elif img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    alpha = None
+    if "A" in img.getbands() or img.mode in ("RGBa", "La"):
+        alpha = img.getchannel(img.getbands()[-1])
+        img = img.convert("L" if img.mode in ("LA", "La") else "RGB")
+    elif img.mode not in ("RGB", "L"):
+        img = img.convert("RGB")
+    return img, alpha
+
+
+def to_array(img: Image.Image) -> np.ndarray:
+    """Any PIL image -> uint8 [C, H, W]: C = 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA)."""
+    content, alpha = _content_and_alpha(img)
+    a = np.array(content).reshape(content.height, content.width, -1)
+    if alpha is not None:
+        a = np.concatenate([a, np.array(alpha)[..., None]], axis=-1)
+    return a.transpose(2, 0, 1)
+
+
+def from_array(a: np.ndarray) -> Image.Image:
+    """uint8 [C, H, W] -> PIL image (L, LA, RGB or RGBA)."""
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[a.shape[0]]
+    hwc = a.transpose(1, 2, 0)
+    return Image.fromarray(np.ascontiguousarray(hwc[..., 0] if mode == "L" else hwc), mode)
+
+
+def target_size(size, width: int, height: int, multiple: int = 1) -> tuple[int, int]:
+    """The (width, height) that `size` (from parse_size) asks of a `width` x `height` picture; a
+    side computed from the aspect ratio is rounded to a `multiple` (2 for 4:2:0 video)."""
+    w, h = size
+    fit = lambda v: max(multiple, round(v / multiple) * multiple)  # noqa: E731
+    if w and h:
+        return w, h
+    return (w, fit(height * w / width)) if w else (fit(width * h / height), h)
+
+
+def tiled(x, out, scale: int, tile: int, halo: int, run, progress: bool = False):
+    """Fill `out` (uint8 [N, C, h*s, w*s]) with `run` (uint8 [N, C, h, w] -> its upscale) tile by
+    tile, for numpy arrays and torch tensors alike. Each tile is read grown by `halo` (the
+    receptive radius), so the result equals the untiled one, and memory stays bounded."""
+    s, (h, w) = scale, x.shape[-2:]
+    corners = [(y0, x0) for y0 in range(0, h, tile) for x0 in range(0, w, tile)]
+    if progress and len(corners) > 1:  # a big image: show its tiles
+        import sys
+
+        from tqdm import tqdm
+
+        corners = tqdm(corners, unit="tile", leave=False, file=sys.stderr)
+    for y0, x0 in corners:
+        y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+        a0, b0, a1, b1 = max(y0 - halo, 0), max(x0 - halo, 0), min(y1 + halo, h), min(x1 + halo, w)
+        r = run(x[:, :, a0:a1, b0:b1])
+        out[:, :, y0 * s : y1 * s, x0 * s : x1 * s] = r[
+            :, :, (y0 - a0) * s : (y1 - a0) * s, (x0 - b0) * s : (x1 - b0) * s
+        ]
+    return out
+
+
+def decode_image(source: Path | BinaryIO, name: str, max_pixels: int | None = None) -> Image.Image:
+    """The decoded image, turned upright by its EXIF orientation; SrctlError naming `name` if it
+    can't be."""
+    try:
+        with warnings.catch_warnings(), Image.open(source) as img:
+            # past MAX_IMAGE_PIXELS Pillow only warns (a 12000x8000 photo does); past twice that it
+            # refuses
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if max_pixels and img.width * img.height > max_pixels:
+                raise SrctlError(
+                    f"{name}: {img.width}x{img.height} is over the limit of {max_pixels} pixels"
+                )
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+            upright.info.setdefault("icc_profile", img.info.get("icc_profile"))
+            return upright
+    except SrctlError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise SrctlError(f"{name}: too many pixels to decode safely ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise SrctlError(f"{name}: not an image (unknown or empty file)") from exc
+    except (
+        Exception
+    ) as exc:  # a decoder fed hostile bytes can raise anything: all of it means 'bad image'
+        raise SrctlError(
+            f"{name}: damaged or unreadable image ({type(exc).__name__}: {exc})"
+        ) from exc

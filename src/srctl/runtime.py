@@ -1,0 +1,95 @@
+"""The upscale on onnxruntime, without PyTorch: upscale.upscale_float exported as an ONNX graph
+(once per model and kind of picture, kept in the cache) and run in fp32 on the CPU.
+
+It is what `srctl infer` uses on a CPU without native bf16 (see `suits`): there PyTorch's import
+alone (~2 s) took as long as the network on a 720p frame, and onnxruntime imports in 0.1-0.3 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from srctl.errors import SrctlError
+from srctl.pictures import TILE, tiled
+
+WEIGHTS = "model.safetensors"  # model.WEIGHTS: model.py imports torch
+GRAPH_VERSION = "1"  # bump when the exported graph changes: the cache keys include it
+
+
+def _native_bf16() -> bool:
+    """Whether PyTorch would pick bf16 on this CPU (device.autocast_dtype), told without importing
+    it: AVX512-BF16 or AMX in /proc/cpuinfo, unless ATEN_CPU_CAPABILITY holds torch below AVX-512.
+    Where there is no /proc/cpuinfo, True: PyTorch decides there."""
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return True
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _accelerator() -> bool:
+    """A GPU PyTorch would pick (device.pick_device), told without importing it: an NVIDIA or AMD
+    driver loaded, or Apple silicon."""
+    mac_gpu = platform.system() == "Darwin" and platform.machine() == "arm64"
+    return mac_gpu or any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/kfd"))
+
+
+def suits(device: str | None, precision: str | None, size) -> bool:
+    """Whether `srctl infer` runs on onnxruntime: on the CPU (asked, or no GPU to pick) in fp32
+    (asked, or the default of a CPU without native bf16), without --size (PyTorch resizes)."""
+    if size or precision not in (None, "fp32") or device not in (None, "cpu"):
+        return False
+    if device is None and _accelerator():
+        return False
+    return precision == "fp32" or not _native_bf16()
+
+
+def _cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "srctl" / "onnx"
+
+
+class OnnxEngine:
+    """infer.engine on onnxruntime: uint8 [N, C, h, w] -> uint8 [N, C, h*s, w*s] (numpy), in
+    tiles of `tile` pixels, equal to PyTorch's fp32 upscale within a level of 255."""
+
+    def __init__(self, model_dir: Path, tile: int = TILE, progress: bool = False):
+        self.model_dir, self.tile, self.progress = Path(model_dir), tile, progress
+        try:
+            parts = [(self.model_dir / name).read_bytes() for name in ("config.json", WEIGHTS)]
+        except OSError as exc:
+            raise SrctlError(f"cannot load model from {model_dir}: {exc}") from exc
+        # the graph is the model's: one per weights and config, so it is never stale
+        self.digest = hashlib.sha256(GRAPH_VERSION.encode() + b"".join(parts)).hexdigest()[:20]
+        self.sessions: dict[int, tuple] = {}
+        self.scale, self.halo = self._session(3)[1:]  # the kind most pictures are: RGB
+
+    def _session(self, channels: int):
+        """The session for pictures of `channels` channels, with the graph's scale and halo; the
+        graph is exported (with PyTorch, once) when the cache has none."""
+        if channels not in self.sessions:
+            import onnxruntime
+
+            path = _cache() / f"{self.digest}-c{channels}.onnx"
+            if not path.is_file():
+                from srctl import model as M
+                from srctl.export import export_upscale
+
+                export_upscale(M.load(self.model_dir), path, channels)
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            meta = session.get_modelmeta().custom_metadata_map
+            self.sessions[channels] = (session, int(meta["scale"]), int(meta["halo"]))
+        return self.sessions[channels]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        session, s, halo = self._session(x.shape[1])
+        n, c, h, w = x.shape
+        out = np.empty((n, c, h * s, w * s), dtype=np.uint8)
+        run = lambda part: session.run(None, {"x": np.ascontiguousarray(part)})[0]  # noqa: E731
+        return tiled(x, out, s, self.tile, halo, run, self.progress)
