@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,8 @@ class OnnxEngine:
                 from srctl import model as M
                 from srctl.export import export_upscale
 
+                if self.progress:  # a terminal: say why this first run takes longer
+                    print("preparing this model for onnxruntime (once)...", file=sys.stderr)
                 export_upscale(M.load(self.model_dir), path, channels)
             session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             meta = session.get_modelmeta().custom_metadata_map
