@@ -46,7 +46,10 @@ BF16 = typer.Option(
     help="bf16 autocast: the default where the hardware has it (GPUs, CPUs with AVX512-BF16/AMX).",
 )
 FP32 = typer.Option(
-    False, "--fp32", help="Full fp32: slower, differs from bf16 by at most a few levels out of 255."
+    False,
+    "--fp32",
+    help="Full fp32 (within a few levels of 255 of bf16); `srctl infer` runs it on onnxruntime on "
+    "the CPU, which starts ~2 s sooner than PyTorch.",
 )
 QUIET = typer.Option(False, "-q", "--quiet", help="No progress bar.")
 FORCE = typer.Option(False, "--force", help="Overwrite existing output files (never an input).")
