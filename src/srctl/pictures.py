@@ -4,6 +4,7 @@ the ONNX Runtime path of `srctl infer` starts without importing it); the tiles t
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -72,8 +73,6 @@ def tiled(x, out, scale: int, tile: int, halo: int, run, progress: bool = False)
     s, (h, w) = scale, x.shape[-2:]
     corners = [(y0, x0) for y0 in range(0, h, tile) for x0 in range(0, w, tile)]
     if progress and len(corners) > 1:  # a big image: show its tiles
-        import sys
-
         from tqdm import tqdm
 
         corners = tqdm(corners, unit="tile", leave=False, file=sys.stderr)

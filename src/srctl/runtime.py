@@ -8,6 +8,7 @@ alone (~2 s) took as long as the network on a 720p frame, and onnxruntime import
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import sys
@@ -69,7 +70,16 @@ class OnnxEngine:
         # the graph is the model's: one per weights and config, so it is never stale
         self.digest = hashlib.sha256(GRAPH_VERSION.encode() + b"".join(parts)).hexdigest()[:20]
         self.sessions: dict[int, tuple] = {}
-        self.scale, self.halo = self._session(3)[1:]  # the kind most pictures are: RGB
+        # the scale from the config, so that infer checks its outputs before a first export
+        try:
+            self.scale = int(json.loads(parts[0])["scale"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SrctlError(f"{model_dir}: not a valid ESPCN config ({exc})") from exc
+
+    @property
+    def halo(self) -> int:
+        """How far tiles overlap: the receptive radius, from the graph of RGB pictures."""
+        return self._session(3)[2]
 
     def _session(self, channels: int):
         """The session for pictures of `channels` channels, with the graph's scale and halo; the
