@@ -26,7 +26,8 @@
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 DRY=${GPU_SH_DRY:-0}
-PY=$(command -v "${PYTHON:-python3}") || { echo "no ${PYTHON:-python3}" >&2; exit 1; }
+# absolute but not resolved (a venv's python is a link): the steps run in other folders
+PY=$(realpath -s "$(command -v "${PYTHON:-python3}")") || { echo "no ${PYTHON:-python3}" >&2; exit 1; }
 WORK=${GPU_SH_WORK:-/tmp/gpuw}
 OUT=${OUT:-/tmp/gpu-out}
 BUDGET=${GPU_SH_BUDGET:-$([ "$DRY" = 1 ] && echo 1500 || echo 350)}
