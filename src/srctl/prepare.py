@@ -10,6 +10,7 @@ data/extra) join the training split as tiles of the BSDS300 pictures' size."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +108,7 @@ def pairs(hr: list[Image.Image], split: str, params: P.Params) -> dict[str, torc
 
 
 def prepare(
-    raw_dir: Path, out_dir: Path, params: P.Params, extra: list[Path] = ()
+    raw_dir: Path, out_dir: Path, params: P.Params, extra: Sequence[Path] = ()
 ) -> dict[str, int]:
     """Write train.safetensors and test.safetensors into `out_dir` (atomically); the training
     split gets the tiles of the `extra` image files (see extra_images) after BSDS300's pictures.

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from srctl import params as P
+from srctl.degrade import MESSENGER_QUALITY
 from srctl.errors import SrctlError, run_main
 from srctl.files import atomic_dir, write_json
 
@@ -327,7 +328,7 @@ def _describe(client, name: str, version: str, run) -> None:
     for key in benchmark:
         client.set_model_version_tag(name, version, key, f"{m[key]:.2f}")
     steps = int(p.get("train.epochs", 0)) * int(p.get("train.steps_per_epoch", 0))
-    jpeg = " (LR as JPEG q50)" if p.get("train.degradation") == "real" else ""
+    jpeg = f" (LR as JPEG q{MESSENGER_QUALITY})" if p.get("train.degradation") == "real" else ""
     scores = " / ".join(f"{k.split('/')[0]} {m[k]:.2f}" for k in benchmark)
     text = (
         f"x{p.get('scale', '?')} {p.get('train.arch', '?')} "
