@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from srctl import model as M
+from srctl import params as P
 from srctl.errors import SrctlError
 
 
@@ -12,6 +13,14 @@ def test_seed_architecture_and_shapes():
     assert sum(p.numel() for p in net.parameters()) == 59_657
     assert net(torch.rand(2, 1, 10, 12)).shape == (2, 1, 30, 36)
     assert M.ESPCN(2)(torch.rand(1, 1, 5, 5)).shape == (1, 1, 10, 10)
+
+
+def test_every_arch_params_accepts_is_built_and_keeps_flat_regions():
+    assert tuple(M.ARCHS) == P.ARCHS  # params.py validates names without importing torch
+    deep = M.ESPCN.named("deep", 3).eval()
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in deep.body) == 9
+    flat = torch.full((1, 1, 12, 12), 0.37)
+    torch.testing.assert_close(deep(flat), torch.full((1, 1, 36, 36), 0.37))
 
 
 def test_paper_variant_is_three_tanh_layers_and_roundtrips(tmp_path):

@@ -27,7 +27,7 @@ def test_repo_params_load_and_flatten():
         ("train: [1, 2]", "'train' must be a mapping"),
         ("train: {precision: fp8}", "train.precision must be auto or fp32"),
         ("train: {compile: off}", "'train.compile' must be str, got False"),
-        ("train: {arch: srcnn}", "train.arch must be seed, paper, residual or contrast"),
+        ("train: {arch: srcnn}", "train.arch must be seed, paper, residual, contrast or deep"),
         ("benchmark: {sets: {Set5: 5}}", "benchmark.sets must map set names to folders"),
         (
             "train: {processes: 3, batch_size: 20}",

@@ -30,6 +30,9 @@ ARCHS = {
     "paper": ((64, 32), "tanh", False, False),
     "residual": ((64, 64, 32), "relu", True, False),  # the seed's, on top of bicubic
     "contrast": ((64, 64, 32), "relu", True, True),  # residual, blind to the level (59,488)
+    # contrast with 8 hidden layers: 4x the parameters (243,808), 3x the training time, +0.07 dB
+    # on JPEG inputs (README, Numbers); train it at lr 0.0005 (at 0.002 a deep one stays bicubic)
+    "deep": ((64,) * 7 + (32,), "relu", True, True),
 }
 
 

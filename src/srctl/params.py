@@ -47,10 +47,15 @@ class Degrade:
     jpeg_quality: list = field(default_factory=lambda: [30, 95])
 
 
+# the networks train.arch names (model.ARCHS builds them; this module imports no torch)
+ARCHS = ("seed", "paper", "residual", "contrast", "deep")
+
+
 @dataclass(frozen=True)
 class Train:
     # seed: ReLU 64-64-32 (59,657 params); paper: Shi et al.'s 3-layer tanh 64-32; residual: the
-    # seed's layers on top of bicubic; contrast: residual, no biases, zero-sum first filters
+    # seed's layers on top of bicubic; contrast: residual, no biases, zero-sum first filters;
+    # deep: contrast with 8 hidden layers
     arch: str = "contrast"
     # clean: LR = the bicubic downscale; real: blurred, noisy, JPEG'd LR (params' degrade section),
     # registered as <model_name>-x<scale>-real
@@ -258,9 +263,9 @@ def load(path: Path | None = None) -> Params:
     except (OSError, yaml.YAMLError) as exc:
         raise SrctlError(f"cannot read {path}: {exc}") from exc
     params = _build(Params, values, "params")
-    if params.train.arch not in ("seed", "paper", "residual", "contrast"):
+    if params.train.arch not in ARCHS:
         raise SrctlError(
-            "params.yaml: train.arch must be seed, paper, residual or contrast, "
+            f"params.yaml: train.arch must be {', '.join(ARCHS[:-1])} or {ARCHS[-1]}, "
             f"got {params.train.arch!r}"
         )
     if params.train.degradation not in ("clean", "real"):
