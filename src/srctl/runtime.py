@@ -19,7 +19,7 @@ import numpy as np
 from srctl.errors import SrctlError
 from srctl.pictures import TILE, tiled
 
-WEIGHTS = "model.safetensors"  # model.WEIGHTS: model.py imports torch
+WEIGHTS, CONFIG = "model.safetensors", "config.json"  # model's: model.py imports torch
 GRAPH_VERSION = "1"  # bump when the exported graph changes: the cache keys include it
 
 
@@ -64,7 +64,7 @@ class OnnxEngine:
     def __init__(self, model_dir: Path, tile: int = TILE, progress: bool = False):
         self.model_dir, self.tile, self.progress = Path(model_dir), tile, progress
         try:
-            parts = [(self.model_dir / name).read_bytes() for name in ("config.json", WEIGHTS)]
+            parts = [(self.model_dir / name).read_bytes() for name in (CONFIG, WEIGHTS)]
         except OSError as exc:
             raise SrctlError(f"cannot load model from {model_dir}: {exc}") from exc
         # the graph is the model's: one per weights and config, so it is never stale
@@ -79,10 +79,10 @@ class OnnxEngine:
     @property
     def halo(self) -> int:
         """How far tiles overlap: the receptive radius, from the graph of RGB pictures."""
-        return self._session(3)[2]
+        return self._session(3)[1]
 
     def _session(self, channels: int):
-        """The session for pictures of `channels` channels, with the graph's scale and halo; the
+        """The session for pictures of `channels` channels, with the graph's halo; the
         graph is exported (with PyTorch, once) when the cache has none."""
         if channels not in self.sessions:
             import onnxruntime
@@ -97,11 +97,11 @@ class OnnxEngine:
                 export_upscale(M.load(self.model_dir), path, channels)
             session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             meta = session.get_modelmeta().custom_metadata_map
-            self.sessions[channels] = (session, int(meta["scale"]), int(meta["halo"]))
+            self.sessions[channels] = (session, int(meta["halo"]))
         return self.sessions[channels]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        session, s, halo = self._session(x.shape[1])
+        (session, halo), s = self._session(x.shape[1]), self.scale
         n, c, h, w = x.shape
         out = np.empty((n, c, h * s, w * s), dtype=np.uint8)
         run = lambda part: session.run(None, {"x": np.ascontiguousarray(part)})[0]  # noqa: E731
