@@ -167,8 +167,10 @@ def video(
         size=target,
     )
     w, h = stats["size"]
+    busy = ", ".join(f"{k} {v:.1f} s" for k, v in stats["busy"].items() if v >= 0.05)
     typer.echo(
-        f"{src} -> {stats['dst']} ({stats['frames']} frames, {w}x{h}, {stats['fps']:.1f} frames/s)"
+        f"{src} -> {stats['dst']} ({stats['frames']} frames, {w}x{h}, {stats['fps']:.1f} frames/s; "
+        f"working: {busy})"
     )
 
 
