@@ -270,16 +270,13 @@ def _write_outputs(
         writer = csv.DictWriter(f, fieldnames=list(state.history[0]))
         writer.writeheader()
         writer.writerows(state.history)
-    registry.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-    model_uri = registry.log_model(model_dir)
+    run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    model_uri = run.log_model(model_dir)
+    info = run.info()
     write_json(metrics_dir / "train.json", summary)
     write_json(
         run_file,
-        {
-            "run_id": run.info.run_id,
-            "experiment_id": run.info.experiment_id,
-            "model_uri": model_uri,
-        },
+        {"run_id": info.run_id, "experiment_id": info.experiment_id, "model_uri": model_uri},
     )
     return summary
 
@@ -336,7 +333,9 @@ def _epoch(state: State, fwd, data: dict, batch: int, params: P.Params, amp) -> 
     return loss_sum
 
 
-def _report(state: State, epochs: int, loss: float, psnr: float, started: float, took: float):
+def _report(
+    state: State, run, epochs: int, loss: float, psnr: float, started: float, took: float
+) -> None:
     """Add the epoch to the curve, the MLflow run and the terminal (with the time left)."""
     epoch = state.epoch + 1
     row = {
@@ -348,7 +347,7 @@ def _report(state: State, epochs: int, loss: float, psnr: float, started: float,
     row["seconds"] = time.perf_counter() - started
     state.history.append(row)
     state.epoch, state.seconds = epoch, row["seconds"]
-    registry.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+    run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
     # the latest epoch predicts the rest best (compiling is over by then)
     left = _duration(took * (epochs - epoch))
     print(
@@ -383,13 +382,12 @@ def train(
 
     started = time.perf_counter() - state.seconds
     tracking = contextlib.nullcontext()
-    if rank == 0:
+    if rank == 0:  # MLflow starts the run in its own thread while the first epoch trains
         extra = (meta["extra_train"], meta["extra_sha256"]) if "extra_sha256" in meta else None
-        tracking = registry.training_run(
+        tracking = registry.BackgroundRun(
             params, meta["dataset_sha256"], state.run_id, parent, extra
         )
     with tracking as run:
-        state.run_id = run.info.run_id if rank == 0 else None
         for _ in range(state.epoch, cfg.epochs):
             epoch_started = time.perf_counter()
             loss_sum = _epoch(state, fwd, data, batch, params, amp)
@@ -397,7 +395,9 @@ def train(
             loss = _mean_loss(loss_sum, cfg.steps_per_epoch, world, state.epoch + 1)
             if rank == 0:
                 psnr = test_psnr(state.net, test["lr"], test["hr"], params.scale)
-                _report(state, cfg.epochs, loss, psnr, started, time.perf_counter() - epoch_started)
+                took = time.perf_counter() - epoch_started
+                _report(state, run, cfg.epochs, loss, psnr, started, took)
+                state.run_id = run.info().run_id  # for the checkpoint: a resumed run continues it
                 _save_checkpoint(state, checkpoint, fingerprint, rng)
         total = cfg.epochs * cfg.steps_per_epoch
         if rank:
