@@ -20,7 +20,10 @@
 #   GPU_SH_TP_SECONDS=5      measuring time per loop of train_throughput.py
 #   PYTHON=python3           the Python that has torch
 #   GPU_SH_SKIP="gpu_check video throughput"   steps to leave out (a second run that wants the
-#                            full profile's time, say)
+#                            full profile's time, say; "full" leaves out the full profile)
+#   GPU_SH_RECIPES="k=v k=v;k=v ..."   recipes to train and score with bench/time_to_quality.py
+#                            before the full profile, one set of overrides per ';'
+# Also: bench/train_phases.py, where the default train stage's time goes (after prepare).
 #   GPU_SH_DRY=1             a dry run on a CPU: tiny data, a few steps, a 10-frame clip, --device cpu,
 #                            the project's own environment (PYTHON=.venv/bin/python) instead of .whl
 set -uo pipefail
@@ -152,11 +155,11 @@ res["default"] = d
 video = []
 for name in ("video_default", "video_fast"):
     t = text(name)
-    m = re.search(r"\((\d+) frames, (\d+x\d+), ([\d.]+) frames/s\)", t)
+    m = re.search(r"\((\d+) frames, (\d+x\d+), ([\d.]+) frames/s(?:; working: ([^)]*))?\)", t)
     w = re.search(r"process wall ([\d.]+) s", t)
     if name in steps:
         video.append({"step": name, "frames": int(m[1]) if m else None, "out_size": m[2] if m else None,
-                      "fps": float(m[3]) if m else None, "process_wall_s": float(w[1]) if w else None})
+                      "fps": float(m[3]) if m else None, "working": m[4] if m else None, "process_wall_s": float(w[1]) if w else None})
 res["video"] = video
 
 # 3. throughput
@@ -167,6 +170,9 @@ tp["rows"] = [{"loop": m[1], "M_LR_px_per_s": float(m[2]), "steps_per_s": float(
               for m in re.finditer(r"^(.*?): ([\d.]+) M LR px/s", t, re.M)]
 res["throughput"] = tp
 res["gpu_check"] = [l for l in text("gpu_check").splitlines() if l.startswith(("[", "torch "))]
+# where the train stage's time goes (bench/train_phases.py), and the recipes tried (time_to_quality.py)
+res["train_phases"] = [l for l in text("train_phases").splitlines() if l.startswith(("  ", "[")) and "INFO" not in l]
+res["recipes"] = {n: [l for l in text(n).splitlines() if l.startswith(("|", "  "))] for n in steps if n.startswith("recipe")}
 
 # 4. the full profile
 full = work / "full"
@@ -241,10 +247,17 @@ if d.get("registered"):
     r = d["registered"]
     L += [f"- registered {r.get('name')} v{r.get('version')} (promoted: {r.get('promoted')})", ""]
 
-L += ["## `srctl video` (bench/video_speed.py: BSDS300 photo panned, AAC track, x3)", "", "| step | frames | output | frames/s (srctl) | process wall s |", "| --- | --- | --- | --- | --- |"]
+L += ["## `srctl video` (bench/video_speed.py: BSDS300 photo panned, AAC track, x3)", "", "| step | frames | output | frames/s (srctl) | stages working (s) | process wall s |", "| --- | --- | --- | --- | --- | --- |"]
 for v in video:
-    L.append(f"| {v['step']} | {fmt(v['frames'])} | {fmt(v['out_size'])} | {fmt(v['fps'])} | {fmt(v['process_wall_s'])} |")
+    L.append(f"| {v['step']} | {fmt(v['frames'])} | {fmt(v['out_size'])} | {fmt(v['fps'])} | {v.get('working') or '-'} | {fmt(v['process_wall_s'])} |")
 L += [""]
+
+L += ["## Where the train stage's time goes (`bench/train_phases.py`, default params, fresh MLflow store)", ""]
+L += [f"    {l}" for l in res["train_phases"]] + [""]
+if res["recipes"]:
+    L += ["## Recipes tried (`bench/time_to_quality.py -S ...`: train, then Set5 / Set14 / BSD100)", ""]
+    for n, lines in res["recipes"].items():
+        L += [f"- {n}: `{steps[n]['command']}` exit {steps[n]['exit']}, {steps[n]['wall_s']:.0f} s wall", ""] + [f"    {l}" for l in lines] + [""]
 
 L += ["## The training step (`bench/gpu_check.py`: captured vs eager, ms per step)", ""]
 L += [f"    {l}" for l in res["gpu_check"]] + [""]
@@ -398,6 +411,9 @@ step dvc_repro_prepare "$(cap 120)" "$R" dvc repro prepare
 # the captured training step against the same step run eagerly, and ms/step of each shape
 GC=$([ "$DRY" = 1 ] && echo "--device cpu --steps 5" || echo "--steps 3000")
 step gpu_check "$(cap 90)" "$R" python bench/gpu_check.py $GC && grep '^\[' "$LOGS/gpu_check.log" | sed 's/^/      /' | tee -a "$LOG"
+# where the stage's time goes, phase by phase (its own MLflow store, so the stage's stays fresh)
+PH=$([ "$DRY" = 1 ] && echo "--profile 15" || echo "--profile 40")
+step train_phases "$(cap 90)" "$R" python bench/train_phases.py $PH
 step dvc_repro_train "$(cap 300)" "$R" dvc repro train && TRAINED=1 || TRAINED=0
 step dvc_repro_rest "$(cap 150)" "$R" dvc repro
 [ -f "$R/metrics/benchmark.json" ] && log "$(grep -A3 '^| x' "$LOGS/dvc_repro_rest.log" | head -4 | tr '\n' ' ')"
@@ -413,6 +429,16 @@ fi
 # ---------------------------------------------------------------- 3. training throughput
 if [ -d "$R/data/prepared" ]; then
   step train_throughput "$(cap 150)" "$R" python bench/train_throughput.py "${TP[@]}" && grep 'px/s' "$LOGS/train_throughput.log" | sed 's/^/      /' | tee -a "$LOG"
+fi
+
+# ---------------------------------------------------------------- 4a. recipes to try, if any
+# GPU_SH_RECIPES="train.batch_size=64 train.lr=0.003;train.batch_size=128 ..." (one set per ';')
+if [ -n "${GPU_SH_RECIPES:-}" ] && [ -d "$R/data/prepared" ]; then
+  IFS=';' read -ra RECIPES <<<"$GPU_SH_RECIPES"
+  for i in "${!RECIPES[@]}"; do
+    # shellcheck disable=SC2046  # one -S per override
+    step "recipe$((i + 1))" "$(cap 120)" "$R" python bench/time_to_quality.py $(printf -- '-S %s ' ${RECIPES[$i]})
+  done
 fi
 
 # ---------------------------------------------------------------- 4. the full profile, with the time left

@@ -75,8 +75,14 @@ def main() -> None:
     scores = benchmark(M.load(work / "model"), set_folders(params, ROOT))
     cells = " | ".join(f"{name} {r['psnr']:.2f}" if r else "absent" for name, r in scores.items())
     label = args.label or (" ".join(args.overrides) or "params.yaml")
+    if summary["device"] == "cuda":
+        import torch
+
+        where = torch.cuda.get_device_name(0)
+    else:
+        where = cpu()
     print(
-        f"| {label} | {cpu()} | {summary['precision']} | {summary['steps']} | "
+        f"| {label} | {where} | {summary['precision']} | {summary['steps']} | "
         f"{summary['train_seconds']:.0f} s ({wall:.0f} s wall) | {cells} |"
     )
 
