@@ -5,7 +5,7 @@ optimiser and the schedule are ordinary PyTorch objects driven from Python. `Gra
 step with no host work in it, for one process on a CUDA GPU, where the small ESPCN step is all
 kernel launches: the patches and their symmetries are drawn on the device, Adam is fused and
 capturable with its learning rate in a device tensor, the cosine schedule is computed on the
-device, the loss is summed on the device; captured once as a CUDA graph, then replayed.
+device, the loss is summed on the device; 25 steps captured once as a CUDA graph, then replayed.
 """
 
 from __future__ import annotations
@@ -92,9 +92,14 @@ class GraphStep:
     keep its step count.
 
     `run(n)` takes n steps: on a GPU the first call warms up on a side stream (real steps), records
-    one step as a CUDA graph and replays it; on a CPU (tests) it runs the same step eagerly."""
+    UNROLL steps as one CUDA graph and replays it (a remainder of fewer steps runs eagerly); on a
+    CPU (tests) it runs the same step eagerly."""
 
     WARMUP = 3  # eager steps before capture: cuDNN/cuBLAS pick their kernels, Adam makes its state
+    # steps per graph: with one a step, Python (and the GIL, which the MLflow thread holds while the
+    # first epoch trains) stands between every two steps; the buffers of a step are reused by the
+    # next within the graph, so 25 cost the memory of one
+    UNROLL = 25
 
     def __init__(self, net, data: dict, batch: int, size: int, scale: int, gen, amp, cfg, total):
         dev = data["lr"].device
@@ -136,20 +141,20 @@ class GraphStep:
             warnings.simplefilter("ignore")
             self.graph.register_generator_state(self.gen)
         with torch.cuda.graph(self.graph):
-            self._step()
+            for _ in range(self.UNROLL):
+                self._step()
 
     def run(self, steps: int) -> torch.Tensor:
         """Take `steps` steps; the sum of their losses, on the device."""
         self.loss_sum.zero_()
-        done = 0
-        if self.graph is None and self.lr.is_cuda and steps > self.WARMUP:
+        if self.graph is None and self.lr.is_cuda and steps >= self.WARMUP + self.UNROLL:
             self._capture()  # the warm-up steps are real ones; the capture itself computes nothing
-            done = self.WARMUP
-        for _ in range(done, steps):
-            if self.graph:
-                self.graph.replay()
-            else:
-                self._step()
+            steps -= self.WARMUP
+        replays, rest = divmod(steps, self.UNROLL) if self.graph else (0, steps)
+        for _ in range(replays):
+            self.graph.replay()
+        for _ in range(rest):
+            self._step()
         return self.loss_sum.clone()
 
     # the scheduler's side of a checkpoint
