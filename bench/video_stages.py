@@ -1,15 +1,19 @@
 """Where `srctl video` spends its time: each stage alone, frames/s.
 
 Decode (+ to RGB), network + colour + yuv420p + copy back (per batch size), and libx264 alone per
-preset, on the same clip. Run where the video is slow to see which stage bounds it.
+preset, with slice threads (PyAV's default) and frame threads (srctl's), on the same clip. Run
+where the video is slow to see which stage bounds it.
 
 Usage: python bench/video_stages.py CLIP MODEL_DIR   (MODEL_DIR: a folder with config.json, e.g. the
-       run's cache ~/.cache/srctl/runs/<run id>, or models/espcn)
+       run's cache ~/.cache/srctl/runs/<run id>, or models/espcn; CLIP: a video, or WxH for
+       video_speed.py's clip of that size, 150 frames)
 """
 
 from __future__ import annotations
 
+import re
 import sys
+import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -26,6 +30,11 @@ from srctl.upscale import upscale_batch
 
 def main() -> None:
     clip, model_dir = sys.argv[1], Path(sys.argv[2])
+    if size := re.fullmatch(r"(\d+)x(\d+)", clip):
+        from video_speed import make_clip  # bench/, beside this script
+
+        clip = str(Path(tempfile.mkdtemp(prefix="srctl-stages-")) / "clip.mp4")
+        make_clip(Path(clip), int(size[1]), int(size[2]), 150)
     device = pick_device()
     net = M.load(model_dir, device)
     amp = autocast_dtype(device)
@@ -55,27 +64,28 @@ def main() -> None:
             f"{len(frames) / (time.perf_counter() - start):.1f} frames/s"
         )
 
-    planes = np.concatenate(out)[:150]
+    planes = np.concatenate(out)[:100]
     h, w = planes.shape[1] * 2 // 3, planes.shape[2]
     for preset in ("ultrafast", "superfast", "veryfast"):
-        with av.open("/dev/null", "w", format="mp4") as f:
-            v = f.add_stream("libx264", rate=30)
-            v.width, v.height, v.pix_fmt, v.options = (
-                w,
-                h,
-                "yuv420p",
-                {"crf": "18", "preset": preset},
+        for threads in ("SLICE", "FRAME"):  # PyAV's default, and what srctl video sets
+            with av.open("/dev/null", "w", format="mp4") as f:
+                v = f.add_stream("libx264", rate=30)
+                v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+                v.options = {"crf": "18", "preset": preset}
+                v.codec_context.thread_type = threads
+                start, size = time.perf_counter(), 0
+                for i, p in enumerate(planes):
+                    frame = av.VideoFrame.from_numpy_buffer(p, format="yuv420p")
+                    frame.pts, frame.time_base = i, Fraction(1, 30)
+                    packets = v.encode(frame)
+                    size += sum(pk.size for pk in packets)
+                    f.mux(packets)
+                f.mux(v.encode(None))
+            print(
+                f"libx264 {preset} alone, {threads.lower()} threads, {w}x{h}: "
+                f"{len(planes) / (time.perf_counter() - start):.1f} frames/s, "
+                f"{size / len(planes) / 1e3:.0f} kB/frame"
             )
-            start = time.perf_counter()
-            for i, p in enumerate(planes):
-                frame = av.VideoFrame.from_numpy_buffer(p, format="yuv420p")
-                frame.pts, frame.time_base = i, Fraction(1, 30)
-                f.mux(v.encode(frame))
-            f.mux(v.encode(None))
-        print(
-            f"libx264 {preset} alone, {w}x{h}: "
-            f"{len(planes) / (time.perf_counter() - start):.1f} frames/s"
-        )
 
 
 if __name__ == "__main__":

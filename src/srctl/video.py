@@ -156,6 +156,9 @@ class _Encoder:
         self.vout.pix_fmt = _pix_fmt(codec)
         if codec.startswith("libx26"):
             self.vout.options = {"crf": str(crf), "preset": preset}
+            # PyAV opens encoders with slice threads; x264's frame threads are faster and compress
+            # better (1080p on 2 cores: 1.36x ultrafast, 1.09x veryfast; bench/video_speed.py)
+            self.vout.codec_context.thread_type = "FRAME"
         self.aout = out.add_stream_from_template(ain) if ain else None
         # yuv420p made on the model's device when the frame size allows it, else rgb24 to swscale
         self.yuv = (
