@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: install repro full real scales test lint format ui clean
+.PHONY: install repro full gpu-full real scales test lint format ui clean
 
 # The stamp is rebuilt when pyproject.toml changes, so `make` after a pull installs what it needs.
 $(VENV)/.installed: pyproject.toml
@@ -28,6 +28,14 @@ FULL_PROFILE := train.arch=seed train.batch_size=20 train.steps_per_epoch=1000 t
 
 full: install
 	dvc exp run --temp $(addprefix -S ,$(FULL_PROFILE))
+
+# The full profile's quality in a fraction of its steps, for a GPU: the default network (contrast)
+# on batches of 64 at lr 0.003, 24,000 steps (the README's GPU table; on a 2-core CPU it would take
+# about an hour). bench/gpu.sh reads GPU_FULL from here.
+GPU_FULL := train.batch_size=64 train.lr=0.003 train.steps_per_epoch=2000 train.epochs=12
+
+gpu-full: install
+	dvc exp run --temp $(addprefix -S ,$(GPU_FULL))
 
 # A model for compressed, noisy pictures (messengers' JPEGs, old scans, video calls): trained on the
 # params' degrade chain, scored on JPEG q50 inputs, registered as espcn-x<scale>-real with a champion

@@ -6,7 +6,8 @@
 #   2. `srctl video` on a 300-frame 1280x720 clip with an AAC track (bench/video_speed.py makes it from a
 #      BSDS300 photo panned): the default options, then --preset ultrafast --batch 16;
 #   3. `python bench/train_throughput.py --device cuda`;
-#   4. the full profile (`make full`'s recipe, FULL_PROFILE in the Makefile) with the time that is left: when the
+#   4. the full-quality recipe (`make gpu-full`'s, GPU_FULL in the Makefile; GPU_SH_PROFILE=FULL_PROFILE
+#      for `make full`'s) with the time that is left: when the
 #      150,000 steps do not fit, it is stopped (checkpoint kept) and the results give its steps/s and
 #      the extrapolated train time instead of scores;
 # and writes $OUT/gpu_results.md and .json (GPU, torch, each command, its wall time, its numbers),
@@ -34,7 +35,8 @@ PY=$(realpath -s "$(command -v "${PYTHON:-python3}")") || { echo "no ${PYTHON:-p
 WORK=${GPU_SH_WORK:-/tmp/gpuw}
 OUT=${OUT:-/tmp/gpu-out}
 BUDGET=${GPU_SH_BUDGET:-$([ "$DRY" = 1 ] && echo 1500 || echo 350)}
-FULL_PROFILE=$(sed -n 's/^FULL_PROFILE *:= *//p' "$REPO/Makefile")  # `make full`'s overrides
+PROFILE=${GPU_SH_PROFILE:-GPU_FULL}  # which of the Makefile's recipes step 4 runs: GPU_FULL or FULL_PROFILE
+FULL_PROFILE=$(sed -n "s/^$PROFILE *:= *//p" "$REPO/Makefile")  # `make gpu-full`'s (`make full`'s) overrides
 FULL_EPOCHS=${GPU_SH_FULL_EPOCHS:-$(grep -o 'train.epochs=[0-9]*' <<<"$FULL_PROFILE" | cut -d= -f2)}
 TP_SECONDS=${GPU_SH_TP_SECONDS:-5}
 RESERVE=15  # seconds kept for the summary and the log archive
@@ -93,11 +95,12 @@ unxz_tar() {
 }
 
 summarize() {
-  "$PY" - "$WORK" "$OUT" "$DRY" "$FULL_EPOCHS" "$BUDGET" "$(elapsed)" <<'EOF'
+  "$PY" - "$WORK" "$OUT" "$DRY" "$FULL_EPOCHS" "$BUDGET" "$(elapsed)" "$PROFILE: $FULL_PROFILE" <<'EOF'
 import csv, json, re, sys
 from pathlib import Path
 
 work, out, dry, full_epochs, budget, elapsed = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4]), sys.argv[5], sys.argv[6]
+profile = sys.argv[7]
 logs = work / "logs"
 
 def read_json(p):
@@ -161,6 +164,7 @@ for name in ("video_default", "video_fast"):
         video.append({"step": name, "frames": int(m[1]) if m else None, "out_size": m[2] if m else None,
                       "fps": float(m[3]) if m else None, "working": m[4] if m else None, "process_wall_s": float(w[1]) if w else None})
 res["video"] = video
+res["video_stages"] = [l for l in text("video_stages").splitlines() if "frames/s" in l]
 
 # 3. throughput
 t = text("train_throughput")
@@ -202,6 +206,7 @@ else:
                   "first_epoch_s": rows[0][1], "steady_steps_per_s": rate,
                   "last_test_psnr": hist["history"][-1].get("test_psnr"),
                   "extrapolated_train_s": rows[0][1] + (full_epochs - 1) * fspe / rate if rate else None})
+f["recipe"] = profile
 res["full"] = f
 (out / "gpu_results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
 
@@ -251,6 +256,8 @@ L += ["## `srctl video` (bench/video_speed.py: BSDS300 photo panned, AAC track, 
 for v in video:
     L.append(f"| {v['step']} | {fmt(v['frames'])} | {fmt(v['out_size'])} | {fmt(v['fps'])} | {v.get('working') or '-'} | {fmt(v['process_wall_s'])} |")
 L += [""]
+if res["video_stages"]:
+    L += ["Each stage alone (`bench/video_stages.py`, the same clip's size, 150 frames):", ""] + [f"    {l}" for l in res["video_stages"]] + [""]
 
 L += ["## Where the train stage's time goes (`bench/train_phases.py`, default params, fresh MLflow store)", ""]
 L += [f"    {l}" for l in res["train_phases"]] + [""]
@@ -267,7 +274,7 @@ for r in tp["rows"]:
     L.append(f"| {r['loop']} | {r['M_LR_px_per_s']:.2f} | {fmt(r['steps_per_s'], 0)} |")
 L += [""] + [f"    {l}" for l in tp["lines"]] + [""]
 
-L += [f"## Full profile (train.epochs={full_epochs}, `make full`'s recipe, by `dvc repro` in a copy)", ""]
+L += [f"## Full-quality recipe (Makefile's {profile}, train.epochs={full_epochs}, by `dvc repro` in a copy)", ""]
 if f.get("completed"):
     ft = f["train"]
     L += [f"- completed: train stage wall {fmt((steps.get('full_train') or {}).get('wall_s'))} s, training loop {fmt(ft.get('train_seconds'))} s for {ft.get('steps')} steps "
@@ -338,6 +345,18 @@ tar -C "$REPO" --exclude=./.git --exclude=./.whl --exclude=./.gpu-data --exclude
 rm -f "$WORK/repo/metrics/"*.json "$WORK/repo/metrics/train_log.csv" "$WORK/repo/models/"{mlflow_run,registered}.json
 printf '[core]\n    no_scm = true\n' >"$WORK/repo/.dvc/config.local"  # the copy has no git history: DVC without git
 
+# bytecode, as `pip install` leaves it on a user's machine: the image's packages come without .pyc
+# files and the carried ones are unpacked without, so every process compiled ~4,400 modules from
+# source (7 s of the train stage's 28 s in the first run). Compiled once here, into a cache of our own.
+export PYTHONPYCACHEPREFIX="$WORK/pycache"
+unset PYTHONDONTWRITEBYTECODE
+s=$(date +%s.%N)
+# shellcheck disable=SC2046  # one argument per folder
+"$PY" -m compileall -q -j 0 $("$PY" -c 'import sys; print(" ".join(p for p in sys.path if p.endswith("-packages")))') \
+  $([ "$DRY" = 1 ] || echo "$WORK/site") "$WORK/repo/src" >"$LOGS/compileall.log" 2>&1
+rc=$?  # 1 when some file does not compile (packages ship a few for other Pythons): harmless
+log "bytecode compiled into \$WORK/pycache in $(awk -v a="$(date +%s.%N)" -v b="$s" 'BEGIN{printf "%.1f", a - b}') s (compileall exit $rc)"
+
 # the data sets, where params.yaml's ../shared/datasets/... points from $WORK/repo
 mkdir -p "$DATA"
 if [ ! -d "$REPO/.gpu-data/BSDS300" ]; then log "FATAL: no .gpu-data/BSDS300 (was .gpu-data in carry? run bench/gpu_prepare.sh here first)"; exit 1; fi
@@ -399,9 +418,9 @@ fi
 if [ "$DRY" = 1 ]; then  # shrink the default run (in the copy's params.yaml only)
   setp "$WORK/repo/params.yaml" prepare.max_train_images=8 prepare.max_test_images=4 train.epochs=2 \
     train.steps_per_epoch=10 evaluate.max_images=4 evaluate.samples=1
-  DEV=cpu; CLIP=(--size 320x180 --frames 10); FAST=(-- --preset ultrafast --batch 4); TP=(--device cpu --seconds 1 --workers 1)
+  DEV=cpu; CLIP=(--size 320x180 --frames 10); STAGES_CLIP=160x96; FAST=(-- --preset ultrafast --batch 4); TP=(--device cpu --seconds 1 --workers 1)
 else
-  DEV=cuda; CLIP=(--size 1280x720 --frames 300); FAST=(-- --preset ultrafast --batch 16); TP=(--device cuda --seconds "$TP_SECONDS")
+  DEV=cuda; CLIP=(--size 1280x720 --frames 300); STAGES_CLIP=1280x720; FAST=(-- --preset ultrafast --batch 16); TP=(--device cuda --seconds "$TP_SECONDS")
 fi
 log "setup done"
 
@@ -409,10 +428,10 @@ log "setup done"
 R=$WORK/repo
 step dvc_repro_prepare "$(cap 120)" "$R" dvc repro prepare
 # the captured training step against the same step run eagerly, and ms/step of each shape
-GC=$([ "$DRY" = 1 ] && echo "--device cpu --steps 5" || echo "--steps 3000")
+GC=$([ "$DRY" = 1 ] && echo "--device cpu --steps 5" || echo "--steps 1000")
 step gpu_check "$(cap 90)" "$R" python bench/gpu_check.py $GC && grep '^\[' "$LOGS/gpu_check.log" | sed 's/^/      /' | tee -a "$LOG"
 # where the stage's time goes, phase by phase (its own MLflow store, so the stage's stays fresh)
-PH=$([ "$DRY" = 1 ] && echo "--profile 15" || echo "--profile 40")
+PH=$([ "$DRY" = 1 ] && echo "--profile 15" || echo "${GPU_SH_PHASES_PROFILE:-}")  # cProfile slows the imports
 step train_phases "$(cap 90)" "$R" python bench/train_phases.py $PH
 step dvc_repro_train "$(cap 300)" "$R" dvc repro train && TRAINED=1 || TRAINED=0
 step dvc_repro_rest "$(cap 150)" "$R" dvc repro
@@ -422,6 +441,8 @@ step dvc_repro_rest "$(cap 150)" "$R" dvc repro
 if [ -f "$R/models/mlflow_run.json" ] && [ "$TRAINED" = 1 ]; then
   step video_default "$(cap 100)" "$R" python bench/video_speed.py "${CLIP[@]}" && log "$(grep -h 'frames/s\|process wall' "$LOGS/video_default.log" | tr '\n' ' ')"
   step video_fast "$(cap 100)" "$R" python bench/video_speed.py "${CLIP[@]}" "${FAST[@]}" && log "$(grep -h 'frames/s\|process wall' "$LOGS/video_fast.log" | tr '\n' ' ')"
+  # each stage alone: decode, the GPU's part, libx264 per preset with slice and with frame threads
+  step video_stages "$(cap 60)" "$R" python bench/video_stages.py "${STAGES_CLIP}" models/espcn && grep 'frames/s' "$LOGS/video_stages.log" | sed 's/^/      /' | tee -a "$LOG"
 else
   log "SKIP  video: the default run left no model"
 fi
