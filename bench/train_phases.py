@@ -21,9 +21,12 @@ MARKS: list[tuple[float, str]] = []
 
 def mark(what: str) -> None:
     import sys
+    import threading
 
     torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+    # the main thread's GPU work only: a sync from the MLflow thread broke a graph being captured
+    main = threading.current_thread() is threading.main_thread()
+    if main and torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
     MARKS.append((time.perf_counter() - T0, what))
     print(f"[{MARKS[-1][0]:7.2f} s] {what}", flush=True)
@@ -76,8 +79,8 @@ def main() -> None:
 
     timed(T, "_load_data", "data on the device")
     timed(T, "_build", "network, optimiser built")
-    timed(registry, "_mlflow", "mlflow imported", once=True)
-    timed(registry, "_log_dataset", "MLflow run started, params and dataset logged")
+    timed(registry, "_mlflow", "mlflow imported (in its own thread)", once=True)
+    timed(registry, "_log_dataset", "MLflow run started, params and dataset logged (same)")
     timed(steps.GraphStep, "_capture", "CUDA graph captured (warm-up steps included)")
     timed(T, "test_psnr", "test PSNR")
     timed(T, "_save_checkpoint", "checkpoint saved")
