@@ -124,3 +124,40 @@ def test_default_h264_and_bad_inputs_through_the_cli(clip, tmp_path, logged_mode
         "bad.mp4",
         "o.mp4",
     ]  # nothing half-written
+
+
+def test_segments_encoded_at_once_are_joined_in_order(clip, tmp_path):
+    """--encoders 3 on segments of 3 frames (0.25 s at 12 frames/s): 4 segments, each from its own
+    encoder and starting on a keyframe, joined in order: lossless (png) frames still equal `srctl
+    infer`'s with the audio copied; x264 frames of a moving square come in their order."""
+    net = M.ESPCN(3).eval()
+    png = tmp_path / "png.mov"
+    stats = upscale_video(clip, png, net, codec="png", batch=4, encoders=3, segment_s=0.25)
+    assert stats["frames"] == 10
+    for src, got in zip(_frames(clip), _frames(png), strict=True):
+        want = np.asarray(upscale_image(net, src), dtype=int)
+        assert np.abs(np.asarray(got, dtype=int) - want).max() <= 1
+    with av.open(str(png)) as f, av.open(str(clip)) as g:
+        assert sum(p.size for p in f.demux(audio=0)) == sum(p.size for p in g.demux(audio=0))
+
+    moving = tmp_path / "moving.mp4"  # a bright square 4 pixels further right in each frame
+    with av.open(str(moving), "w") as out:
+        v = out.add_stream("mpeg4", rate=RATE)
+        v.width, v.height, v.pix_fmt = 48, 32, "yuv420p"
+        for i in range(10):
+            a = np.full((32, 48, 3), 40, np.uint8)
+            a[8:24, 4 * i : 4 * i + 8] = 220
+            out.mux(v.encode(av.VideoFrame.from_ndarray(a, format="rgb24")))
+        out.mux(v.encode(None))
+    one, split = tmp_path / "one.mp4", tmp_path / "split.mp4"
+    upscale_video(moving, one, net, batch=4)
+    upscale_video(moving, split, net, batch=4, encoders=3, segment_s=0.25)
+    a = [np.asarray(f, dtype=float) for f in _frames(one)]
+    b = [np.asarray(f, dtype=float) for f in _frames(split)]
+    assert len(b) == 10
+    for i, frame in enumerate(b):  # each nearest to the same frame of one encoder's output
+        assert int(np.argmin([np.abs(frame - other).mean() for other in a])) == i
+    with av.open(str(split)) as f:
+        keys = [p.is_keyframe for p in f.demux(video=0) if p.size]
+        assert [i for i, k in enumerate(keys) if k] == [0, 3, 6, 9]
+        assert f.streams.video[0].average_rate == Fraction(RATE)

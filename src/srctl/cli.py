@@ -133,6 +133,13 @@ def video(
     crf: int = typer.Option(18, "--crf", help="x264/x265 quality: lower is better."),
     preset: str = typer.Option("veryfast", "--preset", help="x264/x265 speed preset."),
     batch: int = typer.Option(8, "--batch", min=1, help="Frames per network batch."),
+    encoders: int = typer.Option(
+        1,
+        "--encoders",
+        min=1,
+        help="Encoders at once, each on 2-second segments (each starts on a keyframe), joined in "
+        "order: for when one encoder is slower than the network (4K on a GPU).",
+    ),
     force: bool = FORCE,
     device: str | None = DEVICE,
     half: bool = HALF,
@@ -165,6 +172,7 @@ def video(
         progress=_progress(quiet),
         force=force,
         size=target,
+        encoders=encoders,
     )
     w, h = stats["size"]
     busy = ", ".join(f"{k} {v:.1f} s" for k, v in stats["busy"].items() if v >= 0.05)

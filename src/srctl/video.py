@@ -142,22 +142,29 @@ def _upscaled(net: M.ESPCN, x: torch.Tensor, tile: int, amp, yuv: bool, size):
 
 class _Encoder:
     """The output side: a video stream of `size` (width, height) (and a copy of the input's audio
-    stream) in `out`; encodes frames and muxes them with audio packets, in order, in a second
-    thread, up to `depth` batches behind. A failure there is raised in the caller's thread by
+    stream) in `out`. Frames are encoded in other threads and muxed with the audio packets, in
+    order, by a muxing thread; at most `depth` frames wait to be encoded. With `encoders` > 1 the
+    video is cut into segments of `segment_s` seconds, each encoded by an encoder of its own (so
+    each starts on a keyframe), up to `encoders` at once, and their packets are joined in order:
+    one x264 at 4K is slower than the GPU. A failure in a thread is raised in the caller's by
     `close` (or the next `put`)."""
 
     def __init__(
-        self, out, vin, ain, size, codec: str, crf: int, preset: str, depth: int, busy: _Busy
-    ):
+        self, out, vin, ain, size, codec: str, crf: int, preset: str, depth: int, busy: _Busy,
+        encoders: int = 1, segment_s: float = 2.0,
+    ):  # fmt: skip
+        from concurrent.futures import ThreadPoolExecutor
+
         rate = vin.average_rate or vin.guessed_rate or Fraction(25)
         self.out, self.time_base = out, 1 / Fraction(rate)
         self.vout = out.add_stream(codec, rate=rate)
         self.vout.width, self.vout.height = size
         self.vout.pix_fmt = _pix_fmt(codec)
+        self.options = {"crf": str(crf), "preset": preset} if codec.startswith("libx26") else {}
+        self.vout.options = dict(self.options)  # (emptied when the encoder opens)
         if codec.startswith("libx26"):
-            self.vout.options = {"crf": str(crf), "preset": preset}
-            # PyAV opens encoders with slice threads; x264's frame threads are faster and compress
-            # better (1080p on 2 cores: 1.36x ultrafast, 1.09x veryfast; bench/video_speed.py)
+            # PyAV opens encoders with slice threads; x264's frame threads are faster at 4K and
+            # make smaller files (1.35-1.5x on the H200's 16 cores: README, bench/video_stages.py)
             self.vout.codec_context.thread_type = "FRAME"
         self.aout = out.add_stream_from_template(ain) if ain else None
         # yuv420p made on the model's device when the frame size allows it, else rgb24 to swscale
@@ -166,11 +173,19 @@ class _Encoder:
             and self.vout.width % 2 == 0
             and self.vout.height % 4 == 0
         )
-        self.queue: Queue = Queue(maxsize=depth)
+        out.start_encoding()  # the header, and the stream's encoder opened, before any thread runs
+        self.segment = max(1, round(float(rate) * segment_s)) if encoders > 1 else 0  # 0: one
+        self.slots = threading.Semaphore(depth + encoders * self.segment)
+        self.pool = ThreadPoolExecutor(encoders, thread_name_prefix="encode")
+        self.queue: Queue = (
+            Queue()
+        )  # to the muxer, in order: audio packets, segments' packet queues
+        self.current: Queue | None = None  # frames of the segment being filled
         self.failures: list[BaseException] = []
         self.frames = 0  # handed over
+        self.delay: int | None = None  # pts - dts of the first packet
         self.busy = busy
-        self.thread = threading.Thread(target=self._work, daemon=True)
+        self.thread = threading.Thread(target=self._mux, daemon=True)
         self.thread.start()
 
     def put(self, audio: list, frames: tuple | None) -> None:
@@ -178,43 +193,100 @@ class _Encoder:
         the format, a CUDA event to wait for before reading them or None)."""
         if self.failures:
             raise self.failures[0]
-        self.frames += len(frames[0]) if frames else 0
-        self.queue.put((audio, frames))
+        if audio:
+            self.queue.put(audio)
+        arrays, fmt, ready = frames or ((), None, None)
+        for i in range(len(arrays)):
+            if self.current is None:
+                self.current = self._start_segment()
+            self.slots.acquire()
+            self.current.put((arrays, i, fmt, ready))
+            self.frames += 1
+            if self.segment and self.frames % self.segment == 0:
+                self.current.put(None)
+                self.current = None
 
-    def _work(self) -> None:  # keeps draining after a failure, so that `put` never blocks for ever
+    def _start_segment(self) -> Queue:
+        """A queue for a new segment's frames, and its encoding queued: the first segment is the
+        stream's own encoder, later ones new encoders set up alike (checked: same headers)."""
         import av
 
-        pts = 0
-        while (item := self.queue.get()) is not None:
-            if self.failures:
-                continue
-            try:
-                audio, frames = item
-                for packet in audio:
-                    packet.stream = self.aout
-                    self.out.mux(packet)
-                if frames is None:
-                    continue
-                arrays, fmt, ready = frames
-                if ready is not None:
-                    with self.busy("gpu"):  # the GPU's share of the time, as far as it shows
-                        ready.synchronize()
-                for a in arrays.numpy():
+        ctx = self.vout.codec_context
+        if self.frames:
+            ref, ctx = ctx, av.CodecContext.create(ctx.name, "w")
+            ctx.width, ctx.height, ctx.pix_fmt = ref.width, ref.height, ref.pix_fmt
+            ctx.time_base, ctx.framerate, ctx.flags = ref.time_base, ref.framerate, ref.flags
+            ctx.thread_type, ctx.options = ref.thread_type, dict(self.options)
+        frames, packets = Queue(), Queue()
+        self.pool.submit(self._encode, ctx, frames, packets, self.frames)
+        self.queue.put(packets)
+        return frames
+
+    def _encode(self, ctx, frames: Queue, packets: Queue, pts: int) -> None:
+        """One segment, in the pool: its frames from `frames` until None; its packets to
+        `packets`, then None (or what failed)."""
+        import av
+
+        try:
+            while (item := frames.get()) is not None:
+                arrays, i, fmt, ready = item
+                try:
+                    if ready is not None:
+                        with self.busy("gpu"):  # the GPU's share of the time, as far as it shows
+                            ready.synchronize()
                     with self.busy("encode"):
-                        frame = av.VideoFrame.from_numpy_buffer(a, format=fmt)  # no copy: 4K
-                        frame.pts, frame.time_base = pts, self.time_base
+                        frame = av.VideoFrame.from_numpy_buffer(arrays[i].numpy(), format=fmt)
+                        frame.pts, frame.time_base = pts, self.time_base  # (no copy: 4K frames)
                         pts += 1
-                        self.out.mux(self.vout.encode(frame))
-            except BaseException as exc:  # re-raised in the caller's thread
-                self.failures.append(exc)
-        if not self.failures:
-            try:
-                self.out.mux(self.vout.encode(None))
-            except BaseException as exc:
-                self.failures.append(exc)
+                        packets.put(ctx.encode(frame))
+                finally:
+                    self.slots.release()
+            packets.put(ctx.encode(None))
+            if ctx.extradata != self.vout.codec_context.extradata:
+                raise SrctlError("the segments' encoders wrote different headers: use --encoders 1")
+            packets.put(None)
+        except BaseException as exc:  # the muxer reports it; the frames still release their slots
+            packets.put(exc)
+            while frames.get() is not None:
+                self.slots.release()
+
+    def _mux(self) -> None:  # keeps draining after a failure, so that nothing waits for ever
+        while (item := self.queue.get()) is not None:
+            if isinstance(item, list):  # audio packets
+                self._write(item, self.aout)
+                continue
+            shift = None
+            while (packets := item.get()) is not None:  # a segment's, as they come
+                if isinstance(packets, BaseException):
+                    self.failures.append(packets)
+                    break
+                for packet in packets:
+                    # decoding times as if the first segment's encoder had gone on: x264 delays a
+                    # short segment less, which left a gap in them at the join
+                    if shift is None and packet.pts is not None and packet.dts is not None:
+                        delay = packet.pts - packet.dts
+                        self.delay = delay if self.delay is None else self.delay
+                        shift = self.delay - delay
+                    packet.dts -= shift or 0
+                self._write(packets, self.vout)
+
+    def _write(self, packets: list, stream) -> None:
+        if self.failures:
+            return
+        try:
+            for packet in packets:
+                packet.stream = stream
+                self.out.mux(packet)
+        except BaseException as exc:  # re-raised in the caller's thread
+            self.failures.append(exc)
 
     def close(self, check: bool = True) -> None:
-        """Flush the encoder and wait for the thread; raise what failed there (if `check`)."""
+        """End the last segment, wait for the encoders and the muxer; raise what failed there
+        (if `check`)."""
+        if self.current is not None:
+            self.current.put(None)
+            self.current = None
+        self.pool.shutdown()
         self.queue.put(None)
         self.thread.join()
         if check and self.failures:
@@ -276,9 +348,12 @@ def upscale_video(
     progress: bool = False,
     force: bool = False,
     size: tuple[int | None, int | None] | None = None,
+    encoders: int = 1,
+    segment_s: float = 2.0,
 ) -> dict:
     """Write `dst` (default: <stem>_x<scale>.mp4 beside `src`; atomically) with every video frame of
-    `src` upscaled (and resized to `size`, see infer.parse_size) and its audio track copied.
+    `src` upscaled (and resized to `size`, see infer.parse_size) and its audio track copied;
+    `encoders` > 1 encodes segments of `segment_s` seconds that many at a time (see _Encoder).
     Returns frames, seconds, fps, size, dst, and busy: the seconds each stage (decode, upscale,
     gpu, encode) spent working, which tell the one that limits the rest."""
     import av
@@ -297,7 +372,9 @@ def upscale_video(
             ain = inp.streams.audio[0] if inp.streams.audio else None
             frame = (vin.width * s, vin.height * s)
             frame = target_size(size, *frame, multiple=2) if size else frame
-            encoder = _Encoder(out, vin, ain, frame, codec, crf, preset, depth=4, busy=busy)
+            encoder = _Encoder(
+                out, vin, ain, frame, codec, crf, preset, 4 * batch, busy, encoders, segment_s
+            )
             upscale = partial(_upscaled, net, tile=tile, amp=amp, yuv=encoder.yuv, size=size)
             _transcode(inp, vin, ain, encoder, batch, device.type == "cuda", progress, upscale)
             if encoder.frames == 0:
