@@ -4,7 +4,8 @@
 #      bench/gpu_check.py (the captured training step against the eager one, ms/step of each shape),
 #      the train stage alone (its wall time), then evaluate, benchmark (Set5/Set14/BSD100), register;
 #   2. `srctl video` on a 300-frame 1280x720 clip with an AAC track (bench/video_speed.py makes it from a
-#      BSDS300 photo panned): the default options, then --preset ultrafast --batch 16;
+#      BSDS300 photo panned): the default options, --preset ultrafast --batch 16, --encoders 3; then
+#      each stage alone (bench/video_stages.py);
 #   3. `python bench/train_throughput.py --device cuda`;
 #   4. the full-quality recipe (`make gpu-full`'s, GPU_FULL in the Makefile; GPU_SH_PROFILE=FULL_PROFILE
 #      for `make full`'s) with the time that is left: when the
@@ -156,7 +157,7 @@ res["default"] = d
 
 # 2. video
 video = []
-for name in ("video_default", "video_fast"):
+for name in ("video_default", "video_fast", "video_split"):
     t = text(name)
     m = re.search(r"\((\d+) frames, (\d+x\d+), ([\d.]+) frames/s(?:; working: ([^)]*))?\)", t)
     w = re.search(r"process wall ([\d.]+) s", t)
@@ -441,6 +442,9 @@ step dvc_repro_rest "$(cap 150)" "$R" dvc repro
 if [ -f "$R/models/mlflow_run.json" ] && [ "$TRAINED" = 1 ]; then
   step video_default "$(cap 100)" "$R" python bench/video_speed.py "${CLIP[@]}" && log "$(grep -h 'frames/s\|process wall' "$LOGS/video_default.log" | tr '\n' ' ')"
   step video_fast "$(cap 100)" "$R" python bench/video_speed.py "${CLIP[@]}" "${FAST[@]}" && log "$(grep -h 'frames/s\|process wall' "$LOGS/video_fast.log" | tr '\n' ' ')"
+  # the default preset with three encoders on 2-second segments at once (one x264 veryfast is slower
+  # than the GPU at 4K)
+  step video_split "$(cap 100)" "$R" python bench/video_speed.py "${CLIP[@]}" -- --encoders 3 && log "$(grep -h 'frames/s\|process wall' "$LOGS/video_split.log" | tr '\n' ' ')"
   # each stage alone: decode, the GPU's part, libx264 per preset with slice and with frame threads
   step video_stages "$(cap 60)" "$R" python bench/video_stages.py "${STAGES_CLIP}" models/espcn && grep 'frames/s' "$LOGS/video_stages.log" | sed 's/^/      /' | tee -a "$LOG"
 else
