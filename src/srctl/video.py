@@ -4,7 +4,8 @@ PyAV (FFmpeg's libraries) decodes and encodes; each frame goes RGB -> upscale_ba
 frame of the output equals `srctl infer` on that frame before the codec compresses it. Three stages,
 each in its own thread so that they overlap: `_decoded` (demux + decode into NHWC batches, pinned
 on a GPU; `_prefetched` runs it), `_upscaled` (the network, in the caller's thread; on a GPU it only
-queues work), `_Encoder` (encodes and muxes in order, once the GPU has copied a batch back).
+queues work), `_Encoder` (encodes, in segments by several encoders at once if asked, and muxes in
+order, once the GPU has copied a batch back).
 """
 
 from __future__ import annotations
