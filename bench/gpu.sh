@@ -2,15 +2,16 @@
 # One prepared GPU check (issue 14), for a bare lent machine with no network: in at most ~6 minutes
 #   1. the default pipeline, `dvc repro` on params.yaml as committed: download + prepare, then
 #      bench/gpu_check.py (the captured training step against the eager one, ms/step of each shape),
+#      bench/train_phases.py (where the train stage's time goes, phase by phase),
 #      the train stage alone (its wall time), then evaluate, benchmark (Set5/Set14/BSD100), register;
 #   2. `srctl video` on a 300-frame 1280x720 clip with an AAC track (bench/video_speed.py makes it from a
 #      BSDS300 photo panned): the default options, --preset ultrafast --batch 16, --encoders 3; then
 #      each stage alone (bench/video_stages.py);
 #   3. `python bench/train_throughput.py --device cuda`;
 #   4. the full-quality recipe (`make gpu-full`'s, GPU_FULL in the Makefile; GPU_SH_PROFILE=FULL_PROFILE
-#      for `make full`'s) with the time that is left: when the
-#      150,000 steps do not fit, it is stopped (checkpoint kept) and the results give its steps/s and
-#      the extrapolated train time instead of scores;
+#      for `make full`'s) with the time that is left: when its steps do not fit, it is stopped
+#      (checkpoint kept) and the results give its steps/s and the extrapolated train time instead of
+#      scores;
 # and writes $OUT/gpu_results.md and .json (GPU, torch, each command, its wall time, its numbers),
 # $OUT/gpu.log (this script's progress) and $OUT/gpu_logs.tar.gz (every command's output, metrics).
 #
@@ -18,14 +19,14 @@
 # from the repo root with carry [".whl", ".gpu-data"]:   bash bench/gpu.sh
 # Everything runs in copies under $GPU_SH_WORK (default /tmp/gpuw): the checkout is left as it was.
 #   GPU_SH_BUDGET=350        seconds for the whole script (the full profile gets what the rest leaves)
-#   GPU_SH_FULL_EPOCHS=150   the full profile's epochs (default: FULL_PROFILE's)
+#   GPU_SH_FULL_EPOCHS=12    the full-quality recipe's epochs (default: the recipe's own)
 #   GPU_SH_TP_SECONDS=5      measuring time per loop of train_throughput.py
 #   PYTHON=python3           the Python that has torch
-#   GPU_SH_SKIP="gpu_check video throughput"   steps to leave out (a second run that wants the
-#                            full profile's time, say; "full" leaves out the full profile)
+#   GPU_SH_SKIP="gpu_check video train_throughput"   steps to leave out, by name or by the part
+#                            before its first '_' (a second run that wants the full profile's time,
+#                            say; "full" leaves out the full profile)
 #   GPU_SH_RECIPES="k=v k=v;k=v ..."   recipes to train and score with bench/time_to_quality.py
 #                            before the full profile, one set of overrides per ';'
-# Also: bench/train_phases.py, where the default train stage's time goes (after prepare).
 #   GPU_SH_DRY=1             a dry run on a CPU: tiny data, a few steps, a 10-frame clip, --device cpu,
 #                            the project's own environment (PYTHON=.venv/bin/python) instead of .whl
 set -uo pipefail
@@ -348,7 +349,8 @@ printf '[core]\n    no_scm = true\n' >"$WORK/repo/.dvc/config.local"  # the copy
 
 # bytecode, as `pip install` leaves it on a user's machine: the image's packages come without .pyc
 # files and the carried ones are unpacked without, so every process compiled ~4,400 modules from
-# source (7 s of the train stage's 28 s in the first run). Compiled once here, into a cache of our own.
+# source (6.9 s in the profile of the 28 s train stage, first H200 run). Compiled once here, into a
+# cache of our own.
 export PYTHONPYCACHEPREFIX="$WORK/pycache"
 unset PYTHONDONTWRITEBYTECODE
 s=$(date +%s.%N)
