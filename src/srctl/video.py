@@ -178,13 +178,10 @@ class _Encoder:
         self.segment = max(1, round(float(rate) * segment_s)) if encoders > 1 else 0  # 0: one
         self.slots = threading.Semaphore(depth + encoders * self.segment)
         self.pool = ThreadPoolExecutor(encoders, thread_name_prefix="encode")
-        self.queue: Queue = (
-            Queue()
-        )  # to the muxer, in order: audio packets, segments' packet queues
+        self.queue: Queue = Queue()  # to the muxer, in order: audio packets, segments' packets
         self.current: Queue | None = None  # frames of the segment being filled
         self.failures: list[BaseException] = []
         self.frames = 0  # handed over
-        self.delay: int | None = None  # pts - dts of the first packet
         self.busy = busy
         self.thread = threading.Thread(target=self._mux, daemon=True)
         self.thread.start()
@@ -252,6 +249,7 @@ class _Encoder:
                 self.slots.release()
 
     def _mux(self) -> None:  # keeps draining after a failure, so that nothing waits for ever
+        first_delay = None  # pts - dts of the first video packet
         while (item := self.queue.get()) is not None:
             if isinstance(item, list):  # audio packets
                 self._write(item, self.aout)
@@ -266,8 +264,8 @@ class _Encoder:
                     # short segment less, which left a gap in them at the join
                     if shift is None and packet.pts is not None and packet.dts is not None:
                         delay = packet.pts - packet.dts
-                        self.delay = delay if self.delay is None else self.delay
-                        shift = self.delay - delay
+                        first_delay = delay if first_delay is None else first_delay
+                        shift = first_delay - delay
                     packet.dts -= shift or 0
                 self._write(packets, self.vout)
 
@@ -319,20 +317,19 @@ def _transcode(
     bar = tqdm(total=vin.frames or None, unit="frame", disable=not progress, file=sys.stderr)
     items = _prefetched(_decoded(inp, vin, ain, batch, pin, busy), depth=2)
     try:
-        for audio, x in items:
-            frames = None
-            if x is not None:
-                with busy("upscale"):
-                    frames = upscale(x)
-            encoder.put(audio, frames)
-            bar.update(0 if x is None else len(x))
+        with contextlib.closing(items):  # the decoding thread ends before the input is closed
+            for audio, x in items:
+                frames = None
+                if x is not None:
+                    with busy("upscale"):
+                        frames = upscale(x)
+                encoder.put(audio, frames)
+                bar.update(0 if x is None else len(x))
     except BaseException:
-        items.close()  # the decoding thread ends before the input is closed
         encoder.close(check=False)
         raise
     finally:
         bar.close()
-    items.close()
     encoder.close()
 
 
