@@ -58,9 +58,8 @@ def main() -> None:
     from srctl.upscale import upscale_batch
 
     run_id = args.run_id or registry.read_run(P.Paths(ROOT).run_file)["run_id"]
-    model_dir = registry.fetch_model(
-        f"runs:/{run_id}/model"
-    )  # cached: both sides start from local files
+    # cached: both sides start from local files
+    model_dir = registry.fetch_model(f"runs:/{run_id}/model")
     work = Path(tempfile.mkdtemp(prefix="srctl-bench-"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; run {run_id}")
     chosen = runtime.suits(None, args.precision, None)

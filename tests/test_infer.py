@@ -171,9 +171,8 @@ def test_odd_images_are_upscaled_right(tmp_path):
     src = open_image(tmp_path / "rgba.png")
     want = src.getchannel("A").resize((120, 90), Image.Resampling.BICUBIC)
     got = np.asarray(upscale_image(net, src).getchannel("A"), dtype=float)
-    assert (
-        np.abs(got - np.asarray(want, dtype=float)).max() <= 3
-    )  # torch's bicubic (a=-0.75) vs PIL's (a=-0.5)
+    # torch's bicubic (a=-0.75) vs PIL's (a=-0.5)
+    assert np.abs(got - np.asarray(want, dtype=float)).max() <= 3
 
 
 def _bad_images(folder):
@@ -231,9 +230,8 @@ def test_cli_batch_of_good_odd_and_bad_files(tmp_path, logged_model_store):
     for name, reason in bad.items():
         assert any(line.startswith(f"error: {inputs / name}: {reason}") for line in errors), name
     assert "Traceback" not in res.stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{Path(n).stem}.png" for n in odd
-    )  # nothing else
+    # nothing else
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{Path(n).stem}.png" for n in odd)
     assert {p: p.read_bytes() for p in before} == before  # inputs untouched
 
 
@@ -369,7 +367,6 @@ def test_icc_profile_kept_and_output_format_from_the_name(tmp_path, model_dir):
     assert out.format == "WEBP" and out.info.get("icc_profile") == icc
     rgba = tmp_path / "alpha.png"
     Image.new("RGBA", (8, 8)).save(rgba)
-    assert (
-        infer([rgba], engine(model_dir, precision="fp32"), tmp_path / "alpha.jpg") == 1
-    )  # JPEG has no alpha: a clear error, no file
+    # JPEG has no alpha: a clear error, no file
+    assert infer([rgba], engine(model_dir, precision="fp32"), tmp_path / "alpha.jpg") == 1
     assert not (tmp_path / "alpha.jpg").exists()

@@ -79,9 +79,8 @@ def test_contrast_variant_has_no_bias_and_zero_sum_first_filters(tmp_path):
 
 
 def test_orthogonal_init():
-    w = (
-        M.ESPCN(3).body[0].weight.reshape(64, -1)
-    )  # 64 x 25: orthonormal columns times the ReLU gain
+    # 64 x 25: orthonormal columns times the ReLU gain
+    w = M.ESPCN(3).body[0].weight.reshape(64, -1)
     gram = w.T @ w / torch.nn.init.calculate_gain("relu") ** 2
     torch.testing.assert_close(gram, torch.eye(25), atol=1e-4, rtol=0)
 

@@ -114,9 +114,8 @@ def test_infer_with_the_run_id_on_a_photo(repo, tmp_path, photo):
     ref = np.asarray(small.resize(big.size, Image.Resampling.BICUBIC), dtype=float)
     got = np.asarray(big, dtype=float)
     assert np.abs(got.mean(axis=(0, 1)) - ref.mean(axis=(0, 1))).max() < 3
-    assert (
-        10 * np.log10(255**2 / ((got - ref) ** 2).mean()) > 20
-    )  # 20 training steps: near bicubic, not noise
+    # 20 training steps: near bicubic, not noise
+    assert 10 * np.log10(255**2 / ((got - ref) ** 2).mean()) > 20
 
     # the default (champion of params.yaml's name) works too, with -o
     res = subprocess.run(

@@ -94,9 +94,8 @@ def test_too_many_pixels_is_4xx(server):
 
 
 def test_too_many_bytes_is_4xx(server):
-    noise = Image.effect_noise((1000, 700), 50).convert(
-        "RGB"
-    )  # 2.1 MB as BMP: over the 1.5 MB set above
+    # 2.1 MB as BMP: over the 1.5 MB set above
+    noise = Image.effect_noise((1000, 700), 50).convert("RGB")
     buf = io.BytesIO()
     noise.save(buf, format="BMP")
     res = _post(server, buf.getvalue())

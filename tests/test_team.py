@@ -70,21 +70,18 @@ def test_the_pipeline_logs_and_registers_on_the_server(team_repo, mlflow_server)
 
     repo, _ = team_repo
     url, root = mlflow_server
-    assert (
-        not (repo / "mlflow.db").exists() and not (repo / "mlartifacts").exists()
-    )  # nothing embedded
+    # nothing embedded
+    assert not (repo / "mlflow.db").exists() and not (repo / "mlartifacts").exists()
     client = mlflow.MlflowClient(tracking_uri=url)
     run = client.get_run(_run_id(repo))
     assert run.info.status == "FINISHED" and {"psnr", "train_loss", "Set5/psnr"} <= set(
         run.data.metrics
     )
-    assert run.info.artifact_uri.startswith(
-        "mlflow-artifacts:/"
-    )  # proxied: clients need no storage access
+    # proxied: clients need no storage access
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
     assert client.get_model_version_by_alias("espcn-x3", "champion").run_id == run.info.run_id
-    assert list(
-        (root / "artifacts").rglob("model.safetensors")
-    )  # the bytes landed on the server's side
+    # the bytes landed on the server's side
+    assert list((root / "artifacts").rglob("model.safetensors"))
     assert len(list((root / "artifacts").rglob("samples/*.png"))) == 3
 
 
@@ -152,14 +149,12 @@ def test_a_fresh_clone_pulls_the_trained_model_from_a_dvc_remote(team_repo, tmp_
     assert res.returncode == 0, res.stdout + res.stderr
     weights = "models/espcn/model.safetensors"
     assert (clone / weights).read_bytes() == (repo / weights).read_bytes()
-    res = run(
-        "dvc", "repro", cwd=clone, env=offline
-    )  # would retrain if anything were missing or stale
+    # would retrain if anything were missing or stale
+    res = run("dvc", "repro", cwd=clone, env=offline)
     assert res.returncode == 0 and "Running stage" not in res.stdout, res.stdout + res.stderr
 
-    res = run(
-        BIN / "srctl", "infer", str(photo), cwd=clone, env=offline
-    )  # no store here: the error says what to do
+    # no store here: the error says what to do
+    res = run(BIN / "srctl", "infer", str(photo), cwd=clone, env=offline)
     assert res.returncode == 1 and res.stderr.strip().endswith("--model-dir models/espcn"), (
         res.stderr
     )

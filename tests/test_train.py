@@ -223,9 +223,8 @@ def test_interrupted_training_resumes_to_the_same_result(
     assert checkpoint.exists() and not (root / "models" / "espcn").exists()
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     (run,) = client.search_runs(client.get_experiment_by_name("srctl").experiment_id)
-    assert run.info.status == (
-        "RUNNING" if sig == signal.SIGKILL else "KILLED"
-    )  # SIGKILL can't be caught
+    # SIGKILL can't be caught
+    assert run.info.status == ("RUNNING" if sig == signal.SIGKILL else "KILLED")
     if sig != signal.SIGKILL:
         assert err.strip().splitlines()[-1].startswith("error: interrupted")
 

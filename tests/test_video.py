@@ -57,9 +57,8 @@ def clip(tmp_path_factory):
 def test_frames_equal_infer_audio_copied_rate_kept(clip, tmp_path):
     net = M.ESPCN(3).eval()
     out = tmp_path / "big.mov"
-    stats = upscale_video(
-        clip, out, net, codec="png", batch=4
-    )  # lossless codec: frames comparable exactly
+    # lossless codec: frames comparable exactly
+    stats = upscale_video(clip, out, net, codec="png", batch=4)
     assert stats["frames"] == 10 and stats["size"] == (144, 96)
     for src, got in zip(_frames(clip), _frames(out), strict=True):
         want = np.asarray(upscale_image(net, src), dtype=int)

@@ -18,10 +18,8 @@ def compare_picture(net: M.ESPCN, img: Image.Image, zoom: int = 3) -> Image.Imag
     sr = upscale_image(net, img)
     bicubic = img.resize(sr.size, Image.Resampling.BICUBIC)
     w, h = sr.size
-    cw, ch = (
-        max(w // (2 * zoom), 1),
-        max(h // (2 * zoom), 1),
-    )  # crop so that zoomed it fills half the width
+    # crop so that zoomed it fills half the width
+    cw, ch = max(w // (2 * zoom), 1), max(h // (2 * zoom), 1)
     box = ((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch)
     sheet = Image.new("RGB", (2 * w, h + ch * zoom), "white")
     for i, (part, label) in enumerate(((bicubic, "bicubic"), (sr, f"ESPCN x{net.scale}"))):
@@ -44,9 +42,8 @@ def write_comparison(
     The image and the output path are checked before `load_net` fetches the model."""
     img = open_image(image)
     dst = output or image.with_name(f"{image.stem}_compare.png")
-    output_paths(
-        [image], dst, 1, force
-    )  # the same refusals as infer: never the input, no clobbering
+    # the same refusals as infer: never the input, no clobbering
+    output_paths([image], dst, 1, force)
     sheet = compare_picture(load_net(), img)
     save_image(sheet, dst)
     return dst, sheet

@@ -147,9 +147,8 @@ def training_run(
     if resume_run_id:
         try:
             run = mlflow.start_run(run_id=resume_run_id)
-        except (
-            mlflow.exceptions.MlflowException
-        ):  # not in this store (moved, deleted): start afresh
+        except mlflow.exceptions.MlflowException:
+            # not in this store (moved, deleted): start afresh
             resume_run_id = None
     if not resume_run_id:
         run = mlflow.start_run(

@@ -152,9 +152,8 @@ def _read_checkpoint(path: Path, fingerprint: str) -> dict | None:
     if not path.is_file():
         return None
     try:
-        ckpt = torch.load(
-            path, map_location="cpu", weights_only=True
-        )  # plain tensors and numbers only
+        # plain tensors and numbers only
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged file is not worth failing the run for: start over
         print(f"train: ignoring unreadable checkpoint {path} ({type(exc).__name__})")
         return None
@@ -426,13 +425,11 @@ def launch(processes: int) -> None:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    if (
-        not torch.cuda.is_available()
-    ):  # CPU ranks share the cores rather than each taking all of them
+    if not torch.cuda.is_available():
+        # CPU ranks share the cores rather than each taking all of them
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
-    logging.getLogger("torch.distributed.elastic").setLevel(
-        logging.CRITICAL
-    )  # the ranks print their errors
+    # the ranks print their errors
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         torchrun.run(
             torchrun.parse_args(
