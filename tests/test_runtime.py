@@ -53,10 +53,10 @@ def test_flat_regions_keep_their_level(contrast_dir):
     assert flat_error(M.load(contrast_dir), run) <= 1
 
 
-def test_it_runs_where_pytorch_would_pick_fp32_on_the_cpu(monkeypatch):
-    for bf16, gpu, args, want in [
-        (False, False, (None, None, None), True),  # an AVX2-only machine: the default
-        (True, False, (None, None, None), False),  # AVX512-BF16 / AMX: PyTorch in bf16
+def test_it_runs_on_cpus_without_amx_and_where_fp32_is_asked_for(monkeypatch):
+    for amx, gpu, args, want in [
+        (False, False, (None, None, None), True),  # AVX2 only, or AVX512-BF16 without AMX
+        (True, False, (None, None, None), False),  # AMX: PyTorch in bf16
         (True, False, (None, "fp32", None), True),  # unless fp32 is asked for
         (False, True, (None, None, None), False),  # a GPU: PyTorch on it
         (True, True, ("cpu", "fp32", None), True),
@@ -64,12 +64,12 @@ def test_it_runs_where_pytorch_would_pick_fp32_on_the_cpu(monkeypatch):
         (False, False, (None, "bf16", None), False),
         (False, False, (None, None, (640, None)), False),  # --size: PyTorch resizes
     ]:
-        monkeypatch.setattr(runtime, "_native_bf16", lambda bf16=bf16: bf16)
+        monkeypatch.setattr(runtime, "_amx", lambda amx=amx: amx)
         monkeypatch.setattr(runtime, "_accelerator", lambda gpu=gpu: gpu)
-        assert runtime.suits(*args) is want, (bf16, gpu, args)
+        assert runtime.suits(*args) is want, (amx, gpu, args)
     monkeypatch.undo()
-    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # torch held to AVX2 has no bf16 either
-    assert runtime._native_bf16() is False
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # torch held to AVX2 uses no AMX either
+    assert runtime._amx() is False
 
 
 def test_srctl_infer_starts_without_pytorch(tmp_path, photo, contrast_dir, monkeypatch):

@@ -43,7 +43,7 @@ HALF = typer.Option(False, "--half", help="fp16 autocast (GPUs).")
 BF16 = typer.Option(
     False,
     "--bf16",
-    help="bf16 autocast: the default where the hardware has it (GPUs, CPUs with AVX512-BF16/AMX).",
+    help="bf16 autocast: the default on GPUs and CPUs with AMX (`srctl video`: AVX512-BF16 too).",
 )
 FP32 = typer.Option(
     False,
