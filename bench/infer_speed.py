@@ -6,10 +6,13 @@ Prints, for this machine:
   2. one 1280x720 frame to 3840x2160: the same two, whole processes;
   3. model throughput on 640x360 inputs (frames/s): srctl's PyTorch path (fp32 and bf16) and its
      onnxruntime path (fp32) vs the naive NCHW fp32 forward;
-  4. with --big: a 12000x8000 photo through `srctl infer` (tiled): time and peak memory.
+  4. with --big: a 12000x8000 photo through `srctl infer` (tiled): time and peak memory;
+  5. with --engines: one picture of each size from 481x321 to 4000x3000, `srctl infer --fp32`
+     (onnxruntime) against `srctl infer --bf16` (PyTorch), whole processes: which engine suits
+     this CPU by default (runtime.suits).
 
 Usage (from the repo root, after `make repro`):
-    python bench/infer_speed.py [--run-id ID] [--precision fp32|bf16] [--big]
+    python bench/infer_speed.py [--run-id ID] [--precision fp32|bf16] [--big] [--engines]
 --precision is passed to `srctl infer` (default: the machine's own choice, as a user gets it:
 bf16 on PyTorch where the CPU has AVX512-BF16 or AMX, else fp32 on onnxruntime).
 """
@@ -45,6 +48,7 @@ def main() -> None:
     ap.add_argument("--run-id", default=None, help="default: models/mlflow_run.json")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--big", action="store_true")
+    ap.add_argument("--engines", action="store_true")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default=None)
     args = ap.parse_args()
 
@@ -174,6 +178,18 @@ def main() -> None:
             f"[4] 12000x8000 -> 36000x24000: {seconds:.0f} s, "
             f"peak memory of the largest child {peak:.1f} GiB"
         )
+
+    # 5. onnxruntime fp32 against PyTorch bf16, by picture size
+    if args.engines:
+        photo = Image.open(BSDS / "images" / "test" / "3096.jpg").convert("RGB")
+        for w, h in ((481, 321), (1280, 720), (2000, 1500), (4000, 3000)):
+            pic = work / f"{w}.png"
+            photo.resize((w, h), Image.BICUBIC).save(pic)
+            cells = []
+            for engine, flag in (("onnxruntime fp32", "--fp32"), ("PyTorch bf16", "--bf16")):
+                cmd = [*SRCTL, "infer", flag, "--run-id", run_id, str(pic), "-q", "--force"]
+                cells.append(f"{engine} {best_of(args.repeat, lambda i, cmd=cmd: cmd):.2f} s")
+            print(f"[5] {w}x{h} -> x3: {', '.join(cells)}")
     shutil.rmtree(work)
 
 
