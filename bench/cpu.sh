@@ -4,7 +4,7 @@
 #   2. a fresh clone of this checkout's HEAD: `make install`, then `make repro`, each timed, with an
 #      empty Inductor cache (a new machine has none); the train stage's loop seconds and precision,
 #      its test PSNR after each epoch, and the scores on Set5 / Set14 / BSD100;
-#   3. bench/infer_speed.py --repeat 3 (best of 3) on the model that run registered;
+#   3. bench/infer_speed.py --repeat 3 --engines (best of 3) on the model that run registered;
 #   4. with CPU_SH_CI=1, .ci/run from a second fresh clone, started as CI starts it, timed.
 # Writes bench/results/cpu-<date>-<kind>.md in this checkout (never over an earlier one) and prints it.
 #   CPU_SH_HOLD=avx2     hold torch to AVX2 (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY): how an AVX2-only
@@ -55,7 +55,8 @@ install_s=$(timed install.log make install)
 echo "cpu.sh: make install ${install_s} s; make repro ..." >&2
 repro_s=$(timed repro.log make repro)
 echo "cpu.sh: make repro ${repro_s} s; infer_speed ..." >&2
-timed infer.log .venv/bin/python bench/infer_speed.py --repeat 3 >/dev/null
+MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false timed infer.log \
+  bash -c ".venv/bin/python bench/infer_speed.py --repeat 3 --engines 2>'$WORK/infer.err'" >/dev/null
 if [[ ${CPU_SH_CI:-0} == 1 ]]; then
   echo "cpu.sh: .ci/run ..." >&2
   mkdir -p "$WORK/ci" && ln -s "$SHARED" "$WORK/ci/shared" && git clone -q "$REPO" "$WORK/ci/main"
@@ -90,7 +91,7 @@ lines = [
     + ", ".join(f"{float(r['test_psnr']):.2f} ({float(r['seconds']):.0f} s)"
                 for r in csv.DictReader((clone / "metrics/train_log.csv").open())),
     "",
-    "`python bench/infer_speed.py --repeat 3` (best of 3):",
+    "`python bench/infer_speed.py --repeat 3 --engines` (best of 3):",
     "",
     *("    " + ln for ln in (Path(work) / "infer.log").read_text().splitlines()),
 ]
