@@ -14,7 +14,7 @@ Prints, for this machine:
 Usage (from the repo root, after `make repro`):
     python bench/infer_speed.py [--run-id ID] [--precision fp32|bf16] [--big] [--engines]
 --precision is passed to `srctl infer` (default: the machine's own choice, as a user gets it:
-bf16 on PyTorch where the CPU has AVX512-BF16 or AMX, else fp32 on onnxruntime).
+bf16 on PyTorch where the CPU has AMX, else fp32 on onnxruntime).
 """
 
 from __future__ import annotations
