@@ -27,6 +27,9 @@
 #                            say; "full" leaves out the full profile)
 #   GPU_SH_RECIPES="k=v k=v;k=v ..."   recipes to train and score with bench/time_to_quality.py
 #                            before the full profile, one set of overrides per ';'
+#   GPU_SH_RECIPES_BASE="k=v ..."   overrides that change the data (train.degradation=real, say): the
+#                            recipes then run in a copy whose prepare stage ran with them
+#   GPU_SH_RECIPE_TIMEOUT=120  seconds for each recipe
 #   GPU_SH_DRY=1             a dry run on a CPU: tiny data, a few steps, a 10-frame clip, --device cpu,
 #                            the project's own environment (PYTHON=.venv/bin/python) instead of .whl
 set -uo pipefail
@@ -98,7 +101,7 @@ unxz_tar() {
 
 summarize() {
   "$PY" - "$WORK" "$OUT" "$DRY" "$FULL_EPOCHS" "$BUDGET" "$(elapsed)" "$PROFILE: $FULL_PROFILE" <<'EOF'
-import csv, json, re, sys
+import csv, json, os, re, sys
 from pathlib import Path
 
 work, out, dry, full_epochs, budget, elapsed = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4]), sys.argv[5], sys.argv[6]
@@ -265,6 +268,8 @@ L += ["## Where the train stage's time goes (`bench/train_phases.py`, default pa
 L += [f"    {l}" for l in res["train_phases"]] + [""]
 if res["recipes"]:
     L += ["## Recipes tried (`bench/time_to_quality.py -S ...`: train, then Set5 / Set14 / BSD100)", ""]
+    if os.environ.get("GPU_SH_RECIPES_BASE"):
+        L += [f"On data prepared with `{os.environ['GPU_SH_RECIPES_BASE']}` (in `$WORK/recipes`).", ""]
     for n, lines in res["recipes"].items():
         L += [f"- {n}: `{steps[n]['command']}` exit {steps[n]['exit']}, {steps[n]['wall_s']:.0f} s wall", ""] + [f"    {l}" for l in lines] + [""]
 
@@ -461,10 +466,19 @@ fi
 # ---------------------------------------------------------------- 4a. recipes to try, if any
 # GPU_SH_RECIPES="train.batch_size=64 train.lr=0.003;train.batch_size=128 ..." (one set per ';')
 if [ -n "${GPU_SH_RECIPES:-}" ] && [ -d "$R/data/prepared" ]; then
+  RR=$R
+  if [ -n "${GPU_SH_RECIPES_BASE:-}" ]; then  # time_to_quality.py reads its repo's params.yaml and data
+    RR=$WORK/recipes
+    cp -a "$R" "$RR" && rm -rf "$RR/mlflow.db" "$RR/mlartifacts" "$RR/models/checkpoint.pt" "$RR/.dvc/tmp"
+    # shellcheck disable=SC2086  # one word per override
+    setp "$RR/params.yaml" $GPU_SH_RECIPES_BASE
+    step prepare_recipes "$(cap 120)" "$RR" dvc repro prepare || RR=""
+  fi
   IFS=';' read -ra RECIPES <<<"$GPU_SH_RECIPES"
   for i in "${!RECIPES[@]}"; do
+    [ -n "$RR" ] || break
     # shellcheck disable=SC2046  # one -S per override
-    step "recipe$((i + 1))" "$(cap 120)" "$R" python bench/time_to_quality.py $(printf -- '-S %s ' ${RECIPES[$i]})
+    step "recipe$((i + 1))" "$(cap "${GPU_SH_RECIPE_TIMEOUT:-120}")" "$RR" python bench/time_to_quality.py $(printf -- '-S %s ' ${RECIPES[$i]})
   done
 fi
 
