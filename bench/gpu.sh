@@ -22,6 +22,7 @@
 #   GPU_SH_FULL_EPOCHS=12    the full-quality recipe's epochs (default: the recipe's own)
 #   GPU_SH_TP_SECONDS=5      measuring time per loop of train_throughput.py
 #   GPU_SH_VIDEO_REPEAT=1    runs of each video step, the best one counts (video_speed.py --repeat)
+#   GPU_SH_VIDEO_OPTIONS="--encoders 2;--encoders 4"   more srctl video runs, one set of options per ';'
 #   PYTHON=python3           the Python that has torch
 #   GPU_SH_SKIP="gpu_check video train_throughput"   steps to leave out, by name or by the part
 #                            before its first '_' (a second run that wants the full profile's time,
@@ -162,14 +163,15 @@ res["default"] = d
 
 # 2. video
 video = []
-for name in ("video_default", "video_fast", "video_split"):
+for name in ["video_default", "video_fast", "video_split"] + sorted((n for n in steps if n.startswith("video_options")), key=lambda n: int(n[13:])):
     t = text(name)
     # with --repeat N every try prints a line: the fastest one counts, as in video_speed.py's "best of N"
     tries = list(re.finditer(r"\((\d+) frames, (\d+x\d+), ([\d.]+) frames/s(?:; working: ([^)]*))?\)", t))
     m = max(tries, key=lambda x: float(x[3]), default=None)
     w = re.search(r"this checkout: [\d.]+ frames/s, process wall ([\d.]+) s", t) or re.search(r"process wall ([\d.]+) s", t)
     if name in steps:
-        video.append({"step": name, "frames": int(m[1]) if m else None, "out_size": m[2] if m else None,
+        cmd = steps[name]["command"]
+        video.append({"step": name, "options": cmd.split(" -- ", 1)[1] if " -- " in cmd else "default", "frames": int(m[1]) if m else None, "out_size": m[2] if m else None,
                       "fps": float(m[3]) if m else None, "working": m[4] if m else None, "process_wall_s": float(w[1]) if w else None})
 res["video"] = video
 res["video_stages"] = [l for l in text("video_stages").splitlines() if "frames/s" in l]
@@ -262,7 +264,7 @@ if d.get("registered"):
 
 L += ["## `srctl video` (bench/video_speed.py: BSDS300 photo panned, AAC track, x3)", "", "| step | frames | output | frames/s (srctl) | stages working (s) | process wall s |", "| --- | --- | --- | --- | --- | --- |"]
 for v in video:
-    L.append(f"| {v['step']} | {fmt(v['frames'])} | {fmt(v['out_size'])} | {fmt(v['fps'])} | {v.get('working') or '-'} | {fmt(v['process_wall_s'])} |")
+    L.append(f"| {v['step']} (`{v['options']}`) | {fmt(v['frames'])} | {fmt(v['out_size'])} | {fmt(v['fps'])} | {v.get('working') or '-'} | {fmt(v['process_wall_s'])} |")
 L += [""]
 if res["video_stages"]:
     L += ["Each stage alone (`bench/video_stages.py`, the same clip's size, 150 frames):", ""] + [f"    {l}" for l in res["video_stages"]] + [""]
@@ -455,6 +457,11 @@ if [ -f "$R/models/mlflow_run.json" ] && [ "$TRAINED" = 1 ]; then
   # the default preset with three encoders on 2-second segments at once (one x264 veryfast is slower
   # than the GPU at 4K)
   step video_split "$(cap 100)" "$R" python bench/video_speed.py "${CLIP[@]}" -- --encoders 3 && log "$(grep -h 'frames/s\|process wall' "$LOGS/video_split.log" | tr '\n' ' ')"
+  IFS=';' read -ra VIDEO_OPTIONS <<<"${GPU_SH_VIDEO_OPTIONS:-}"
+  for i in "${!VIDEO_OPTIONS[@]}"; do
+    # shellcheck disable=SC2086  # one word per option
+    step "video_options$((i + 1))" "$(cap 100)" "$R" python bench/video_speed.py "${CLIP[@]}" -- ${VIDEO_OPTIONS[$i]} && log "$(grep -h 'frames/s\|process wall' "$LOGS/video_options$((i + 1)).log" | tr '\n' ' ')"
+  done
   # each stage alone: decode, the GPU's part, libx264 per preset with slice and with frame threads
   step video_stages "$(cap 60)" "$R" python bench/video_stages.py "${STAGES_CLIP}" models/espcn && grep 'frames/s' "$LOGS/video_stages.log" | sed 's/^/      /' | tee -a "$LOG"
 else
