@@ -65,7 +65,7 @@ remaining() { echo $(( DEADLINE - $(date +%s) )); }
 cap() { local r=$(( $(remaining) - RESERVE )); (( r < $1 )) && echo "$r" || echo "$1"; }
 
 # step NAME TIMEOUT DIR CMD...: runs CMD in DIR under `timeout`, output in $LOGS/NAME.log; records
-# name, exit code, wall seconds, timeout, dir and command in steps.tsv. A step with under 10 s left is skipped.
+# name, exit code, wall seconds, timeout, dir, start (epoch seconds) and command in steps.tsv. A step with under 10 s left is skipped.
 step() {
   local name=$1 to=$2 dir=$3; shift 3
   if [[ " ${GPU_SH_SKIP:-} " == *" ${name%%_*} "* || " ${GPU_SH_SKIP:-} " == *" $name "* ]]; then
@@ -74,7 +74,7 @@ step() {
   fi
   if (( to < 10 )); then
     log "SKIP  $name: ${to}s left in the budget"
-    printf '%s\tskipped\t0\t%s\t%s\t%s\n' "$name" "$to" "$dir" "$*" >>"$STEPS"
+    printf '%s\tskipped\t0\t%s\t%s\t%s\t%s\n' "$name" "$to" "$dir" "$(date +%s.%N)" "$*" >>"$STEPS"
     return 125
   fi
   log "START $name (timeout ${to}s, in ${dir/#$WORK/\$WORK}): $*"
@@ -85,7 +85,7 @@ step() {
   e=$(date +%s.%N)
   local wall
   wall=$(awk -v a="$e" -v b="$s" 'BEGIN{printf "%.1f", a - b}')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rc" "$wall" "$to" "$dir" "$*" >>"$STEPS"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rc" "$wall" "$to" "$dir" "$s" "$*" >>"$STEPS"
   log "END   $name: exit $rc$( ((rc == 124)) && echo ' (timed out)'), ${wall}s"
   if (( rc != 0 )); then tail -n 12 "$LOGS/$name.log" | sed 's/^/      | /' | tee -a "$LOG"; fi
   summarize >/dev/null 2>&1  # the results file stays current if the run is cut off
@@ -124,8 +124,20 @@ def text(name):
 
 steps = {}
 for row in (logs / "steps.tsv").read_text().splitlines() if (logs / "steps.tsv").exists() else []:
-    name, rc, wall, to, d, cmd = row.split("\t", 5)
-    steps[name] = {"exit": rc, "wall_s": float(wall), "timeout_s": int(to), "cwd": d.replace(str(work), "$WORK"), "command": cmd}
+    name, rc, wall, to, d, start, cmd = row.split("\t", 6)
+    steps[name] = {"exit": rc, "wall_s": float(wall), "timeout_s": int(to), "cwd": d.replace(str(work), "$WORK"), "start": float(start), "command": cmd}
+
+# how busy all the CPUs were during each step, from /proc/stat's jiffies sampled every second
+samples = []
+for line in (logs / "cpu_stat.log").read_text().splitlines() if (logs / "cpu_stat.log").exists() else []:
+    t, _, *jiffies = line.split()
+    if len(jiffies) >= 5:
+        n = [int(x) for x in jiffies]
+        samples.append((float(t), sum(n), sum(n) - n[3] - n[4]))  # total, busy (less idle and iowait)
+for st in steps.values():
+    inside = [x for x in samples if st["start"] <= x[0] <= st["start"] + st["wall_s"]]
+    if len(inside) >= 2 and inside[-1][1] > inside[0][1]:
+        st["cpus_busy_pct"] = 100 * (inside[-1][2] - inside[0][2]) / (inside[-1][1] - inside[0][1])
 
 env = read_json(logs / "env.json") or {}
 res = {"dry_run": dry, "budget_s": int(budget), "elapsed_s": float(elapsed), "env": env, "steps": steps}
@@ -228,9 +240,10 @@ L = [f"# GPU results (bench/gpu.sh{', DRY RUN on a CPU: shrunk data and steps, n
 L += [f"- GPU: {env.get('gpu', '?')}", f"- torch {env.get('torch', '?')} (CUDA {env.get('cuda', '-')}), device used: {env.get('device', '?')}, "
       f"Python {env.get('python', '?')}, {env.get('cpus', '?')} CPUs", f"- packages carried: mlflow-skinny {env.get('mlflow', '?')}, dvc {env.get('dvc', '?')}, av {env.get('av', '?')}",
       f"- script: {elapsed} s of a {budget} s budget", ""]
-L += ["## Commands", "", "| step | command (cwd) | exit | wall s | timeout s |", "| --- | --- | --- | --- | --- |"]
+L += ["## Commands", "", f"| step | command (cwd) | exit | wall s | timeout s | all {env.get('cpus', '?')} CPUs busy |", "| --- | --- | --- | --- | --- | --- |"]
 for n, s in steps.items():
-    L.append(f"| {n} | `{s['command']}` ({s['cwd']}) | {s['exit']} | {s['wall_s']:.1f} | {s['timeout_s']} |")
+    busy = f"{s['cpus_busy_pct']:.0f}%" if "cpus_busy_pct" in s else "-"
+    L.append(f"| {n} | `{s['command']}` ({s['cwd']}) | {s['exit']} | {s['wall_s']:.1f} | {s['timeout_s']} | {busy} |")
 L += ["", "Exit 124: stopped by its timeout. `$WORK/repo` is a copy of the checkout beside `$WORK/shared/datasets` "
       "(BSDS300, Set5, Set14 and BSD100 rebuilt from BSDS300), so params.yaml's `../shared/datasets/...` paths hold as committed.", ""]
 
@@ -423,6 +436,9 @@ log "machine: $(cat "$LOGS/env.log")"
 if [ "$DRY" != 1 ] && ! grep -q '"device": "cuda"' "$LOGS/env.json" 2>/dev/null; then
   log "FATAL: torch sees no GPU here; stopping (the CPU would blow the budget)"; summarize >/dev/null 2>&1; exit 1
 fi
+# the CPUs' use over the whole run, every second: says whether a step (4K encoding, say) saturates them
+(while :; do printf '%s %s\n' "$(date +%s.%N)" "$(head -n 1 /proc/stat)"; sleep 1; done) >"$LOGS/cpu_stat.log" 2>&1 &
+CPU_PID=$!
 if [ "$DRY" != 1 ]; then  # GPU use over the whole run, every 2 s
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used,power.draw,clocks.sm --format=csv -l 2 >"$LOGS/nvidia_smi.csv" 2>&1 &
   SMI_PID=$!
@@ -521,6 +537,7 @@ fi
 
 # ---------------------------------------------------------------- results
 [ -n "${SMI_PID:-}" ] && kill "$SMI_PID" 2>/dev/null
+kill "$CPU_PID" 2>/dev/null
 for d in repo full; do
   [ -d "$WORK/$d" ] || continue
   mkdir -p "$LOGS/$d"
