@@ -65,7 +65,8 @@ remaining() { echo $(( DEADLINE - $(date +%s) )); }
 cap() { local r=$(( $(remaining) - RESERVE )); (( r < $1 )) && echo "$r" || echo "$1"; }
 
 # step NAME TIMEOUT DIR CMD...: runs CMD in DIR under `timeout`, output in $LOGS/NAME.log; records
-# name, exit code, wall seconds, timeout, dir, start (epoch seconds) and command in steps.tsv. A step with under 10 s left is skipped.
+# name, exit code, wall seconds, timeout, dir, start (epoch seconds) and command in steps.tsv. A step
+# with under 10 s left is skipped.
 step() {
   local name=$1 to=$2 dir=$3; shift 3
   if [[ " ${GPU_SH_SKIP:-} " == *" ${name%%_*} "* || " ${GPU_SH_SKIP:-} " == *" $name "* ]]; then
@@ -90,6 +91,13 @@ step() {
   if (( rc != 0 )); then tail -n 12 "$LOGS/$name.log" | sed 's/^/      | /' | tee -a "$LOG"; fi
   summarize >/dev/null 2>&1  # the results file stays current if the run is cut off
   return $rc
+}
+
+# copy_run DEST: a copy of the default run's repo ($WORK/repo) with its data and cache but without its
+# run (MLflow store, checkpoint, metrics, run files), for a recipe of its own
+copy_run() {
+  cp -a "$WORK/repo" "$1" && rm -rf "$1/mlflow.db" "$1/mlartifacts" "$1/models/checkpoint.pt" "$1/.dvc/tmp" \
+    "$1/metrics/"*.json "$1/metrics/train_log.csv" "$1/models/"{mlflow_run,registered}.json
 }
 
 # setp FILE key.sub=VALUE...: a params.yaml of a copy (never the checkout's), VALUE read as YAML
@@ -449,8 +457,9 @@ if [ "$DRY" = 1 ]; then  # shrink the default run (in the copy's params.yaml onl
     train.steps_per_epoch=10 evaluate.max_images=4 evaluate.samples=1
   DEV=cpu; CLIP=(--size 320x180 --frames 10); STAGES_CLIP=160x96; FAST=(-- --preset ultrafast --batch 4); TP=(--device cpu --seconds 1 --workers 1)
 else
-  DEV=cuda; CLIP=(--size 1280x720 --frames 300 --repeat "${GPU_SH_VIDEO_REPEAT:-1}"); STAGES_CLIP=1280x720; FAST=(-- --preset ultrafast --batch 16); TP=(--device cuda --seconds "$TP_SECONDS")
+  DEV=cuda; CLIP=(--size 1280x720 --frames 300); STAGES_CLIP=1280x720; FAST=(-- --preset ultrafast --batch 16); TP=(--device cuda --seconds "$TP_SECONDS")
 fi
+CLIP+=(--repeat "${GPU_SH_VIDEO_REPEAT:-1}")
 log "setup done"
 
 # ---------------------------------------------------------------- 1. the default pipeline
@@ -495,7 +504,7 @@ if [ -n "${GPU_SH_RECIPES:-}" ] && [ -d "$R/data/prepared" ]; then
   RR=$R
   if [ -n "${GPU_SH_RECIPES_BASE:-}" ]; then  # time_to_quality.py reads its repo's params.yaml and data
     RR=$WORK/recipes
-    cp -a "$R" "$RR" && rm -rf "$RR/mlflow.db" "$RR/mlartifacts" "$RR/models/checkpoint.pt" "$RR/.dvc/tmp"
+    copy_run "$RR"
     # shellcheck disable=SC2086  # one word per override
     setp "$RR/params.yaml" $GPU_SH_RECIPES_BASE
     step prepare_recipes "$(cap 120)" "$RR" dvc repro prepare || RR=""
@@ -511,8 +520,7 @@ fi
 # ---------------------------------------------------------------- 4. the full profile, with the time left
 if [ -d "$R/data/prepared" ] && [ "$TRAINED" = 1 ]; then
   F=$WORK/full
-  cp -a "$R" "$F" && rm -rf "$F/mlflow.db" "$F/mlartifacts" "$F/models/checkpoint.pt" "$F/.dvc/tmp" \
-    "$F/metrics/"*.json "$F/metrics/train_log.csv" "$F/models/"{mlflow_run,registered}.json
+  copy_run "$F"
   # shellcheck disable=SC2086  # one word per override
   setp "$F/params.yaml" $FULL_PROFILE train.epochs="$FULL_EPOCHS"
   [ "$DRY" = 1 ] && setp "$F/params.yaml" train.steps_per_epoch=10  # the dry run's size again
