@@ -89,8 +89,8 @@ def check_reachable() -> None:
 
 
 def run_name(params: P.Params) -> str:
-    """A run's name in the MLflow UI: the DVC experiment's, else what ran (x3-contrast-18k;
-    x3-contrast-18k-real for a model of degraded pictures; x3-contrast-2k-finetuned from
+    """A run's name in the MLflow UI: the DVC experiment's, else what ran (x3-contrast-14k;
+    x3-contrast-14k-real for a model of degraded pictures; x3-contrast-2k-finetuned from
     train.init)."""
     steps = params.train.epochs * params.train.steps_per_epoch
     label = f"{steps // 1000}k" if steps % 1000 == 0 else str(steps)
