@@ -16,6 +16,8 @@ def test_repo_params_load_and_flatten():
     assert real.registered_name == "espcn-x3-real"  # its own model, its own champion
     flat = p.flat()
     assert flat["train.lr"] == p.train.lr and flat["scale"] == 3
+    # a key missing from someone's params.yaml means what the repo's file says
+    assert flat == P.Params().flat()
 
 
 @pytest.mark.parametrize(
@@ -40,6 +42,12 @@ def test_repo_params_load_and_flatten():
         ("degrade: {noise_sigma: [1]}", "degrade.noise_sigma must be [low, high]"),
         ("degrade: {kernels: [lanczos]}", "degrade.kernels must name some of bicubic"),
         ("degrade: {variants: 0}", "degrade.variants must be >= 1"),
+        ("train: {epochs: 0}", "train.epochs must be >= 1, got 0"),
+        ("train: {steps_per_epoch: 0}", "train.steps_per_epoch must be >= 1, got 0"),
+        ("train: {batch_size: 0}", "train.batch_size must be >= 1, got 0"),
+        ("train: {lr: 0}", "train.lr must be > 0, got 0"),
+        ("prepare: {max_train_images: -1}", "prepare.max_train_images must be >= 0, got -1"),
+        ("download: {retries: 0}", "download.retries must be >= 1, got 0"),
     ],
 )
 def test_bad_params_are_one_line_errors(tmp_path, text, message):

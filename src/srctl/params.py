@@ -63,7 +63,7 @@ class Train:
     # "" trains from scratch; NAME@ALIAS, NAME/VERSION or a run id: from that logged model's weights
     # (fine-tuning; the run is recorded as the new run's parent)
     init: str = ""
-    epochs: int = 9
+    epochs: int = 7
     steps_per_epoch: int = 2000
     batch_size: int = 10
     # side of a low-resolution patch (the paper's 17 wastes more steps on zero-padded borders)
@@ -256,6 +256,30 @@ def _check_degrade(d: Degrade) -> None:
         fail(f"kernels must name some of bicubic, bilinear, area, got {d.kernels!r}")
 
 
+def _check_ranges(p: Params) -> None:
+    """Numbers out of range fail here, in one line, before any stage starts (not as a crash or a
+    NaN loss minutes into training)."""
+    t = p.train
+    limits = {  # name: (value, least allowed)
+        "download.retries": (p.download.retries, 1),
+        "prepare.max_train_images": (p.prepare.max_train_images, 0),
+        "prepare.max_test_images": (p.prepare.max_test_images, 0),
+        "train.epochs": (t.epochs, 1),
+        "train.steps_per_epoch": (t.steps_per_epoch, 1),
+        "train.batch_size": (t.batch_size, 1),
+        "train.patch_size": (t.patch_size, 1),
+        "train.lr_final": (t.lr_final, 0),
+        "evaluate.max_images": (p.evaluate.max_images, 0),
+        "evaluate.samples": (p.evaluate.samples, 0),
+    }
+    for name, (value, least) in limits.items():
+        if value < least:
+            raise SrctlError(f"params.yaml: {name} must be >= {least}, got {value}")
+    for name, value in (("download.timeout_s", p.download.timeout_s), ("train.lr", t.lr)):
+        if not value > 0:
+            raise SrctlError(f"params.yaml: {name} must be > 0, got {value}")
+
+
 def load(path: Path | None = None) -> Params:
     path = path or project_root() / "params.yaml"
     try:
@@ -295,6 +319,7 @@ def load(path: Path | None = None) -> Params:
             f"params.yaml: train.processes must be >= 1 and divide train.batch_size "
             f"({params.train.batch_size}), got {params.train.processes}"
         )
+    _check_ranges(params)
     if params.scale not in (2, 3, 4):
         raise SrctlError(f"params.yaml: scale must be 2, 3 or 4, got {params.scale}")
     return params
