@@ -7,7 +7,7 @@ from PIL import Image
 
 from srctl import registry
 
-from conftest import BSDS300, srctl_cli
+from conftest import BSDS300, srctl_cli, tiny_params
 
 
 def test_runs_table_and_promote(logged_model_store):
@@ -30,6 +30,21 @@ def test_runs_table_and_promote(logged_model_store):
         res.returncode == 1
         and res.stderr.strip() == f"error: no model version espcn-x3/7 in {registry.tracking_uri()}"
     )
+
+
+def test_promote_names_a_real_model_as_register_does(logged_model_store, monkeypatch):
+    """A run trained on degraded pictures goes to espcn-x3-real, never over the clean champion."""
+    store, _ = logged_model_store
+    monkeypatch.chdir(store)
+    with registry.training_run(tiny_params(degradation="real"), "0" * 64) as run:
+        registry.log_model(store / "model")  # the fixture's untrained model
+    res = srctl_cli("promote", run.info.run_id, cwd=store)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("espcn-x3-real@champion: none -> v1"), res.stdout
+    client = mlflow.MlflowClient(registry.tracking_uri())
+    assert client.get_model_version_by_alias("espcn-x3-real", "champion").run_id == run.info.run_id
+    clean = client.search_model_versions("name='espcn-x3'")
+    assert all(v.run_id != run.info.run_id for v in clean)
 
 
 def test_export_onnx_checked_with_onnxruntime(logged_model_store, tmp_path):

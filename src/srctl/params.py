@@ -106,6 +106,11 @@ class Register:
     alias: str = "champion"
 
 
+def registered_name(model_name: str, scale: int | str, degradation: str) -> str:
+    """espcn-x3 for a clean model, espcn-x3-real for one of degraded pictures (its own champion)."""
+    return f"{model_name}-x{scale}" + ("-real" if degradation == "real" else "")
+
+
 @dataclass(frozen=True)
 class Params:
     scale: int = 3
@@ -120,8 +125,7 @@ class Params:
 
     @property
     def registered_name(self) -> str:
-        real = "-real" if self.train.degradation == "real" else ""
-        return f"{self.register.model_name}-x{self.scale}{real}"
+        return registered_name(self.register.model_name, self.scale, self.train.degradation)
 
     def flat(self) -> dict[str, object]:
         """`train.lr`-style keys, the way `dvc exp run -S` and MLflow name them."""

@@ -398,6 +398,13 @@ def _describe(client, name: str, version: str, run) -> None:
     client.update_model_version(name, version, description=text)
 
 
+def _version_of(client, name: str, run_id: str, model_uri: str):
+    """The run's version of model `name`, registered now if it has none: the same run registered
+    again (evaluate re-run, say) reuses its version instead of adding one."""
+    same = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    return same[0] if same else _mlflow().register_model(model_uri, name)
+
+
 def register(run_id: str, model_uri: str, name: str, alias: str) -> dict:
     """Register the run's model; move `alias` to it if its PSNR beats the holder's (or none)."""
     mlflow = _mlflow()
@@ -406,9 +413,7 @@ def register(run_id: str, model_uri: str, name: str, alias: str) -> dict:
     score = run.data.metrics.get(SCORE)
     if score is None:
         raise SrctlError(f"run {run_id} has no '{SCORE}' metric; run the evaluate stage first")
-    # the same run registered again (evaluate re-run, say) reuses its version instead of adding one
-    same = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-    version = same[0].version if same else mlflow.register_model(model_uri, name).version
+    version = _version_of(client, name, run_id, model_uri).version
     _describe(client, name, version, run)
     try:
         holder = client.get_model_version_by_alias(name, alias)
@@ -492,9 +497,14 @@ def promote(target: str, alias: str | None = None) -> dict:
             run = client.get_run(target)
         except mlflow.exceptions.MlflowException as exc:
             raise SrctlError(f"no run {target} in {tracking_uri()}") from exc
-        name = f"{params.register.model_name}-x{run.data.params.get('scale', params.scale)}"
-        found = client.search_model_versions(f"name='{name}' and run_id='{target}'")
-        mv = found[0] if found else mlflow.register_model(f"runs:/{target}/{MODEL_ARTIFACT}", name)
+        # the run's own scale and degradation name the model, as the register stage names it
+        p = run.data.params
+        name = P.registered_name(
+            params.register.model_name,
+            p.get("scale", params.scale),
+            p.get("train.degradation", "clean"),
+        )
+        mv = _version_of(client, name, target, f"runs:/{target}/{MODEL_ARTIFACT}")
     try:
         old = client.get_model_version_by_alias(name, alias).version
     except mlflow.exceptions.MlflowException:
