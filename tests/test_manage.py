@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mlflow
+import numpy as np
 from PIL import Image
 
 from srctl import registry
@@ -70,6 +71,35 @@ def test_export_onnx_checked_with_onnxruntime(logged_model_store, tmp_path):
     assert session.run(None, {"y": np.zeros((2, 1, 10, 20), np.float32)})[0].shape == (2, 1, 30, 60)
 
 
+def test_export_never_overwrites_what_it_was_not_told_to(logged_model_store, tmp_path):
+    """Its check image, an existing file (without --force), and a bad check image is a line."""
+    store, run_id = logged_model_store
+    photo = tmp_path / "photo.png"
+    Image.open(BSDS300 / "images" / "test" / "3096.jpg").crop((0, 0, 90, 60)).save(photo)
+    before = photo.read_bytes()
+    args = ("export", "--run-id", run_id, "--check-image", str(photo), "-o")
+    res = srctl_cli(*args, str(photo), cwd=store)
+    assert (
+        res.returncode == 1
+        and res.stderr.strip() == f"error: {photo}: is an input; refusing to overwrite it"
+    )
+    assert photo.read_bytes() == before
+    kept = tmp_path / "kept.onnx"
+    kept.write_bytes(b"someone's file")
+    res = srctl_cli(*args, str(kept), cwd=store)
+    assert res.returncode == 1 and "exists; pass --force" in res.stderr
+    assert kept.read_bytes() == b"someone's file"
+    assert srctl_cli(*args, str(kept), "--force", cwd=store).returncode == 0
+    assert kept.stat().st_size > 1000
+    (tmp_path / "cut.png").write_bytes(before[:300])
+    res = srctl_cli(
+        *args[:-2], str(tmp_path / "cut.png"), "-o", str(tmp_path / "m.onnx"), cwd=store
+    )
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "cut.png: damaged or unreadable image" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.png", "kept.onnx", "photo.png"]
+
+
 def test_compare_picture(logged_model_store, tmp_path):
     store, run_id = logged_model_store
     small = tmp_path / "small.png"
@@ -80,3 +110,12 @@ def test_compare_picture(logged_model_store, tmp_path):
     assert sheet.size == (2 * 360, 240 + 40 * 3)
     res = srctl_cli("compare", str(small), "--run-id", run_id, "-o", str(small), cwd=store)
     assert res.returncode == 1 and "is an input" in res.stderr
+    # a 16-bit greyscale scan is compared as its 8-bit self, not as a white sheet
+    grey = Image.open(small).convert("L")
+    Image.fromarray(np.asarray(grey, dtype=np.uint16) * 257).save(tmp_path / "scan16.png")
+    res = srctl_cli("compare", str(tmp_path / "scan16.png"), "--run-id", run_id, cwd=store)
+    assert res.returncode == 0, res.stderr
+    bicubic = Image.open(tmp_path / "scan16_compare.png").convert("L").crop((0, 0, 360, 240))
+    want = grey.resize((360, 240), Image.Resampling.BICUBIC)
+    # (the sheet's label and zoom box are drawn on it: the mean, not the max)
+    assert np.abs(np.asarray(bicubic, float) - np.asarray(want, float)).mean() < 2

@@ -283,6 +283,7 @@ def export(
         help="Real image to compare onnxruntime with PyTorch on.",
         show_default="the first BSDS300 test image in data/raw",
     ),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
 ) -> None:
     """Export the network (Y in, upscaled Y out) to ONNX; check it with onnxruntime vs PyTorch."""
     from srctl import export as E
@@ -291,9 +292,9 @@ def export(
 
     if fmt != "onnx":
         raise SrctlError(f"--format {fmt}: only onnx is supported")
-    net = M.load(registry.model_folder(run_id, model, model_dir))
     check_image = check_image or E.default_check_image()
-    diff = E.export_onnx(net, output, check_image)
+    load_net = lambda: M.load(registry.model_folder(run_id, model, model_dir))  # noqa: E731
+    net, diff = E.export_onnx(output, check_image, force, load_net)
     typer.echo(
         f"{output}: ONNX x{net.scale}; onnxruntime vs PyTorch on {check_image.name}: "
         f"max abs diff {diff:.2e}"

@@ -9,12 +9,13 @@ from PIL import Image, ImageDraw
 
 from srctl import model as M
 from srctl.infer import open_image, output_paths, save_image
+from srctl.pictures import rgb
 from srctl.upscale import upscale_image
 
 
 def compare_picture(net: M.ESPCN, img: Image.Image, zoom: int = 3) -> Image.Image:
     """`img` upscaled by bicubic (left) and by `net` (right), a zoomed centre crop of each below."""
-    img = img.convert("RGB")
+    img = rgb(img)
     sr = upscale_image(net, img)
     bicubic = img.resize(sr.size, Image.Resampling.BICUBIC)
     w, h = sr.size

@@ -21,6 +21,7 @@ from srctl.device import pick_device
 from srctl.errors import SrctlError, run_main
 from srctl.files import write_json
 from srctl.metrics import score
+from srctl.pictures import content_and_alpha, decode_image
 from srctl.upscale import upscale_image
 
 
@@ -33,9 +34,13 @@ def evaluate(
     s = net.scale
     rows, pictures = [], {}
     for i, path in enumerate(paths):
-        with Image.open(path) as original:
-            gray = original.getbands() == ("L",)
-            hr = crop_to_multiple(original.convert("RGB"), s)
+        content, _ = content_and_alpha(decode_image(path, str(path)))
+        gray = content.mode == "L"  # a greyscale original is its own Y, as the literature scores it
+        hr = crop_to_multiple(content.convert("RGB"), s)
+        if min(hr.size) <= 2 * s:  # the scale's border is cut from each side before scoring
+            raise SrctlError(
+                f"{path}: {content.width}x{content.height} is too small to score at x{s}"
+            )
         lr = downscale(hr, s) if quality is None else jpeg(downscale(hr, s), quality)
         sr, bicubic = upscale_image(net, lr), lr.resize(hr.size, Image.Resampling.BICUBIC)
         rows.append((*score(hr, sr, s, gray), *score(hr, bicubic, s, gray)))

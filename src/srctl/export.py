@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from srctl import model as M
 from srctl import params as P
 from srctl.color import y_channel
 from srctl.errors import SrctlError
 from srctl.files import atomic_path
+from srctl.infer import output_paths
+from srctl.pictures import decode_image, rgb
 from srctl.upscale import receptive_radius, upscale_float
 
 
@@ -24,13 +26,20 @@ def default_check_image() -> Path:
     return found[0]
 
 
-def export_onnx(net: M.ESPCN, path: Path, check_image: Path) -> float:
+def export_onnx(
+    path: Path, check_image: Path, force: bool, load_net: Callable[[], M.ESPCN]
+) -> tuple[M.ESPCN, float]:
     """Write `path`: input `y` [N, 1, H, W] float 0..1 (any N, H, W) -> `y_sr` [N, 1, sH, sW].
 
-    Returns the max abs difference between onnxruntime and PyTorch on the Y of `check_image`."""
+    Returns the network and the max abs difference between onnxruntime and PyTorch on the Y of
+    `check_image`. The image and `path` are checked before `load_net` fetches the model: `path`
+    is never the image, nor (without `force`) an existing file."""
     import onnxruntime
 
-    net = net.cpu().eval()
+    y = torch.from_numpy(y_channel(rgb(decode_image(check_image, str(check_image)))))
+    y = y.float().div(255)[None, None]
+    output_paths([check_image], path, 1, force)
+    net = load_net().cpu().eval()
     dims = {
         0: torch.export.Dim("n", min=1, max=1024),
         2: torch.export.Dim("h", min=8),
@@ -47,7 +56,6 @@ def export_onnx(net: M.ESPCN, path: Path, check_image: Path) -> float:
             dynamo=True,
             external_data=False,
         )
-        y = torch.from_numpy(y_channel(Image.open(check_image))).float().div(255)[None, None]
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         got = session.run(None, {"y": y.numpy()})[0]
         with torch.inference_mode():
@@ -55,7 +63,7 @@ def export_onnx(net: M.ESPCN, path: Path, check_image: Path) -> float:
         if got.shape != want.shape:
             raise SrctlError(f"ONNX output {got.shape} differs from PyTorch's {want.shape}")
         diff = float(np.abs(got - want).max())
-    return diff
+    return net, diff
 
 
 class _Upscale(torch.nn.Module):

@@ -18,7 +18,7 @@ TILE = 512  # LR pixels per tile side: memory stays bounded whatever the image s
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def _content_and_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+def content_and_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     """8-bit RGB or L content, and the alpha channel if the image has one.
 
     16-bit greyscale is scaled to 8 bits; palette, CMYK, 1-bit, LAB... are converted to RGB.
@@ -40,9 +40,15 @@ def _content_and_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | Non
     return img, alpha
 
 
+def rgb(img: Image.Image) -> Image.Image:
+    """The 8-bit RGB picture of any image (16-bit greyscale scaled, not clipped white; alpha
+    dropped)."""
+    return content_and_alpha(img)[0].convert("RGB")
+
+
 def to_array(img: Image.Image) -> np.ndarray:
     """Any PIL image -> uint8 [C, H, W]: C = 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA)."""
-    content, alpha = _content_and_alpha(img)
+    content, alpha = content_and_alpha(img)
     a = np.array(content).reshape(content.height, content.width, -1)
     if alpha is not None:
         a = np.concatenate([a, np.array(alpha)[..., None]], axis=-1)

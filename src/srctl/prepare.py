@@ -24,13 +24,13 @@ from srctl.degrade import downscale
 from srctl.download import content_hash, files_hash
 from srctl.errors import SrctlError, run_main
 from srctl.files import atomic_dir
-from srctl.pictures import decode_image
+from srctl.pictures import decode_image, rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _landscape(img: Image.Image) -> Image.Image:
-    img = img.convert("RGB")
+    img = rgb(img)
     return img.transpose(Image.Transpose.ROTATE_90) if img.height > img.width else img
 
 
