@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from fractions import Fraction
 
 import av
@@ -12,10 +10,11 @@ import pytest
 from PIL import Image
 
 from srctl import model as M
+from srctl.errors import SrctlError
 from srctl.upscale import upscale_image
 from srctl.video import upscale_video
 
-from conftest import BSDS300
+from conftest import BSDS300, srctl_cli
 
 RATE = 12
 
@@ -88,21 +87,8 @@ def test_size_resizes_every_frame_as_infer_does(clip, tmp_path):
 
 def test_default_h264_and_bad_inputs_through_the_cli(clip, tmp_path, logged_model_store):
     store, run_id = logged_model_store
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "srctl.cli",
-            "video",
-            str(clip),
-            "-o",
-            str(tmp_path / "o.mp4"),
-            "--run-id",
-            run_id,
-        ],
-        cwd=store,
-        capture_output=True,
-        text=True,
+    res = srctl_cli(
+        "video", str(clip), "-o", str(tmp_path / "o.mp4"), "--run-id", run_id, cwd=store
     )
     assert res.returncode == 0, res.stderr
     assert "10 frames, 144x96" in res.stdout
@@ -111,18 +97,71 @@ def test_default_h264_and_bad_inputs_through_the_cli(clip, tmp_path, logged_mode
 
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"this is no video")
-    res = subprocess.run(
-        [sys.executable, "-m", "srctl.cli", "video", str(bad), "--run-id", run_id],
-        cwd=store,
-        capture_output=True,
-        text=True,
-    )
+    res = srctl_cli("video", str(bad), "--run-id", run_id, cwd=store)
     assert res.returncode == 1 and res.stderr.startswith(f"error: {bad}: not a readable video")
     assert len(res.stderr.strip().splitlines()) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "bad.mp4",
-        "o.mp4",
-    ]  # nothing half-written
+    # no output (the input fails before one is opened): test_failure_mid_encode_leaves_no_file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4", "o.mp4"]
+
+    out = tmp_path / "o"  # no suffix: no format
+    res = srctl_cli("video", str(clip), "-o", str(out), "--run-id", run_id, cwd=store)
+    assert res.returncode == 1 and res.stderr.startswith(f"error: {out}: no video format by")
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4", "o.mp4"]
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "message"),
+    [
+        ("out", "libx264", "no video format by that name's suffix"),
+        ("out.mp5", "libx264", "no video format by that name's suffix"),
+        ("out.mp4", "x264", "--codec x264: not a video encoder"),  # no such encoder
+        ("out.mp4", "aac", "--codec aac: not a video encoder"),  # an audio one
+    ],
+)
+def test_bad_output_format_or_codec_is_an_error_before_any_file(
+    clip, tmp_path, name, codec, message
+):
+    with pytest.raises(SrctlError, match=message):
+        upscale_video(clip, tmp_path / name, M.ESPCN(3).eval(), codec=codec)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_odd_size_cropped_even_for_420_kept_for_rgb(tmp_path):
+    """33x23 at x3 is 99x69, which x264's yuv420p (chroma for 2x2 pixels) refuses: the default
+    codec gets 98x68, the network's result without its last column and row; png (rgb24) keeps
+    99x69."""
+    odd = tmp_path / "odd.mp4"
+    _make_clip(odd, size=(33, 23))
+    net = M.ESPCN.named("contrast", 3).eval()
+    stats = upscale_video(odd, tmp_path / "even.mp4", net)
+    assert stats["frames"] == 10 and stats["size"] == (98, 68)
+    for src, got in zip(_frames(odd), _frames(tmp_path / "even.mp4"), strict=True):
+        want = np.asarray(upscale_image(net, src).crop((0, 0, 98, 68)), dtype=int)
+        assert np.abs(np.asarray(got, dtype=int) - want).mean() < 3  # x264 at crf 18
+    assert upscale_video(odd, tmp_path / "odd.mov", net, codec="png")["size"] == (99, 69)
+
+
+def test_failure_mid_encode_leaves_no_file(clip, tmp_path, logged_model_store):
+    """A clip whose second half of frames is garbage decodes 5 frames, then fails: with --batch 2,
+    two batches are in the temporary output by then. One line, exit 1, and neither the output
+    nor its temporary file left."""
+    data = clip.read_bytes()
+    end = data.rindex(b"moov") - 4  # the frames come first, then their index: keep the index
+    bad = tmp_path / "corrupt.mp4"
+    bad.write_bytes(data[: end // 2] + b"\xff" * (end - end // 2) + data[end:])
+    decoded = []
+    with pytest.raises(av.error.InvalidDataError), av.open(str(bad)) as f:
+        decoded.extend(f.decode(video=0))
+    assert len(decoded) >= 4
+
+    store, run_id = logged_model_store
+    out = str(tmp_path / "o.mp4")
+    res = srctl_cli("video", str(bad), "-o", out, "--batch", "2", "--run-id", run_id, cwd=store)
+    assert res.returncode == 1
+    assert res.stderr.startswith(f"error: {bad}: video processing failed (")
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["corrupt.mp4"]
 
 
 def test_segments_encoded_at_once_are_joined_in_order(clip, tmp_path):

@@ -120,18 +120,19 @@ def _prefetched(items: Iterator, depth: int) -> Iterator:
         thread.join()
 
 
-def _upscaled(net: M.ESPCN, x: torch.Tensor, tile: int, amp, yuv: bool, size):
+def _upscaled(net: M.ESPCN, x: torch.Tensor, tile: int, amp, yuv: bool, size, crop):
     """uint8 [N, H, W, 3] RGB frames -> (upscaled frames as uint8 arrays on the CPU, their PyAV
     format, a CUDA event to wait for before reading them or None). yuv420p is made on the model's
     device if `yuv`, else rgb24; resized to `size` if given (as `srctl infer --size`; a side from
-    the aspect ratio even). On a GPU nothing here waits for it: the copy back is asynchronous, into
-    pinned memory."""
+    the aspect ratio even), then cropped to `crop` (width, height). On a GPU nothing here waits for
+    it: the copy back is asynchronous, into pinned memory."""
     device = next(net.parameters()).device
     cuda = device.type == "cuda"
     x = x.to(device, non_blocking=True).permute(0, 3, 1, 2)  # NCHW view of NHWC: no copy
     up = upscale_batch(net, x, tile, amp)
     if size:
         up = resized(up, size, multiple=2)
+    up = up[:, :, : crop[1], : crop[0]]
     arrays, fmt = (rgb_to_yuv420p(up), "yuv420p") if yuv else (up.permute(0, 2, 3, 1), "rgb24")
     arrays = arrays.contiguous().to("cpu", non_blocking=cuda)
     ready = None
@@ -292,6 +293,25 @@ class _Encoder:
             raise self.failures[0]
 
 
+def _output_format(dst: Path, codec: str) -> str:
+    """The container format FFmpeg picks for `dst` by its suffix, once `codec` is known to be a
+    video encoder: bad options end here, before any file is written or frame decoded."""
+    import av
+
+    try:
+        kind = av.codec.Codec(codec, "w").type
+    except ValueError:  # av.codec.codec.UnknownCodecError
+        kind = None
+    if kind != "video":
+        raise SrctlError(f"--codec {codec}: not a video encoder (libx264, libx265, png, ffv1, ...)")
+    try:
+        with av.open(str(dst), "w") as out:  # (writes nothing until encoding starts)
+            return out.format.name
+    except (ValueError, av.error.FFmpegError) as exc:
+        msg = "no video format by that name's suffix (.mp4, .mkv, .mov, ...)"
+        raise SrctlError(f"{dst}: {msg}") from exc
+
+
 def _open(src: Path):
     import av
 
@@ -350,30 +370,36 @@ def upscale_video(
     segment_s: float = 2.0,
 ) -> dict:
     """Write `dst` (default: <stem>_x<scale>.mp4 beside `src`; atomically) with every video frame of
-    `src` upscaled (and resized to `size`, see infer.parse_size) and its audio track copied;
-    `encoders` > 1 encodes segments of `segment_s` seconds that many at a time (see _Encoder).
-    Returns frames, seconds, fps, size, dst, and busy: the seconds each stage (decode, upscale,
-    gpu, encode) spent working, which tell the one that limits the rest."""
+    `src` upscaled (and resized to `size`, see infer.parse_size; for a 4:2:0 codec an odd last
+    column or row cropped) and its audio track copied; `encoders` > 1 encodes segments of
+    `segment_s` seconds that many at a time (see _Encoder). Returns frames, seconds, fps, size,
+    dst, and busy: the seconds each stage (decode, upscale, gpu, encode) spent working, which tell
+    the one that limits the rest."""
     import av
 
     s, device = net.scale, next(net.parameters()).device
     dst = dst or src.with_name(f"{src.stem}_x{s}.mp4")
     output_paths([src], dst, s, force)  # the same refusals as infer: never the input, no clobbering
+    fmt = _output_format(dst, codec)
     tile = tile or (4096 if device.type == "cuda" else TILE)  # a GPU takes whole frames at once
     if device.type == "cuda":  # leave CPU cores to the decoder and encoder (+6% on an H100)
         torch.set_num_threads(min(4, torch.get_num_threads()))
     started, busy = time.perf_counter(), _Busy()
     try:
-        with _open(src) as inp, atomic_path(dst) as tmp, av.open(str(tmp), "w") as out:
+        with _open(src) as inp, atomic_path(dst) as tmp, av.open(str(tmp), "w", format=fmt) as out:
             vin = inp.streams.video[0]
             vin.thread_type = "AUTO"
             ain = inp.streams.audio[0] if inp.streams.audio else None
             frame = (vin.width * s, vin.height * s)
             frame = target_size(size, *frame, multiple=2) if size else frame
+            if _pix_fmt(codec) == "yuv420p":  # 4:2:0 wants even sides: an odd last column or row
+                frame = (frame[0] // 2 * 2, frame[1] // 2 * 2)  # is cropped (resizing blurs all)
             encoder = _Encoder(
                 out, vin, ain, frame, codec, crf, preset, 4 * batch, busy, encoders, segment_s
             )
-            upscale = partial(_upscaled, net, tile=tile, amp=amp, yuv=encoder.yuv, size=size)
+            upscale = partial(
+                _upscaled, net, tile=tile, amp=amp, yuv=encoder.yuv, size=size, crop=frame
+            )
             _transcode(inp, vin, ain, encoder, batch, device.type == "cuda", progress, upscale)
             if encoder.frames == 0:
                 raise SrctlError(f"{src}: no video frames decoded")
