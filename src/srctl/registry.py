@@ -9,6 +9,7 @@ Also stage `register`: registers the trained model and moves the alias to it whe
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -359,10 +360,12 @@ def fetch_model(uri: str) -> Path:
         return cached
     mlflow = _mlflow()
     tmp = Path(tempfile.mkdtemp(prefix="srctl-model-"))
+    # a registered version (an alias may move) is not cached: its download lives as long as the
+    # process that loads it
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
     except Exception as exc:  # MLflow raises several types (MlflowException, OSError, HTTP errors)
-        shutil.rmtree(tmp, ignore_errors=True)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SrctlError(f"cannot load model {uri} from {tracking_uri()}: {first}") from exc
     configs = sorted(local.rglob("config.json"))  # pyfunc keeps data_path under <model>/data/
@@ -373,7 +376,6 @@ def fetch_model(uri: str) -> Path:
     with atomic_dir(cached) as staging:
         for f in configs[0].parent.iterdir():
             shutil.copy2(f, staging / f.name)
-    shutil.rmtree(tmp, ignore_errors=True)
     return cached
 
 
