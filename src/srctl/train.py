@@ -75,13 +75,14 @@ def test_psnr(net, lr, hr, scale: int, chunk: int = 16) -> float:
     return float(torch.cat(scores).mean())
 
 
-def _fingerprint(params: P.Params, dataset_sha256: str, world: int) -> str:
-    """What a checkpoint must match to be resumed: every param that shapes the result, the data, and
-    the number of processes (each has its own random stream)."""
+def _fingerprint(params: P.Params, dataset_sha256: str, world: int, how: list[str]) -> str:
+    """What a checkpoint must match to be resumed: every param that shapes the result, the data, the
+    number of processes (each has its own random stream), and `how` it trains: the device kind,
+    the step and the precision (a GPU's random state or graph step does not load on a CPU)."""
     flat = {k: v for k, v in params.flat().items() if k.startswith(("train.", "seed", "scale"))}
     flat.pop("train.resume")
     return hashlib.sha256(
-        json.dumps([flat, dataset_sha256, world], sort_keys=True).encode()
+        json.dumps([flat, dataset_sha256, world, how], sort_keys=True).encode()
     ).hexdigest()
 
 
@@ -374,7 +375,8 @@ def train(
     parent = _init_weights(state.net, params) if rank == 0 else None
     checkpoint = run_file.parent / CHECKPOINT
     data_sha256 = meta["dataset_sha256"] + meta.get("extra_sha256", "")  # with your own pictures
-    fingerprint = _fingerprint(params, data_sha256, world)
+    how = [device.type, type(state.sched).__name__, str(amp)]
+    fingerprint = _fingerprint(params, data_sha256, world, how)
     if cfg.resume:
         _restore(state, checkpoint, fingerprint, rank, world)
     fwd, is_compiled = _wrapped(state, world, cfg.compile)
