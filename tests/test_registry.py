@@ -72,7 +72,6 @@ def test_unknown_run_is_a_clear_error(mlflow_store):
 
 def test_unreachable_tracking_server_fails_before_training(prepared_dir, tmp_path, monkeypatch):
     import socket
-    import time
 
     from srctl import train as T
 
@@ -80,14 +79,13 @@ def test_unreachable_tracking_server_fails_before_training(prepared_dir, tmp_pat
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-    started = time.monotonic()
     with pytest.raises(
         SrctlError, match=f"MLflow tracking server http://127.0.0.1:{port} is unreachable"
     ):
         T.train(
             tiny_params(), prepared_dir, tmp_path / "m", tmp_path / "metrics", tmp_path / "run.json"
         )
-    assert time.monotonic() - started < 30 and not (tmp_path / "m").exists()
+    assert not (tmp_path / "m").exists() and not (tmp_path / "metrics").exists()  # nothing trained
 
 
 def test_a_fetched_run_model_is_cached_and_then_needs_no_store(tmp_path, mlflow_store, monkeypatch):
