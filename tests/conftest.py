@@ -211,3 +211,26 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def flat_error(net, run) -> int:
+    """The largest change, in levels, of a flat region through `run` (uint8 [N, 3, h, w] tensors
+    -> their upscale by the network `net`; upscale_batch, say): whole grey pictures
+    of every level 0..255 (borders included), and two-level pictures (a vertical edge) away from
+    the edge by the receptive field and bicubic's reach."""
+    import torch
+
+    from srctl.upscale import receptive_radius
+
+    levels = torch.arange(256, dtype=torch.uint8)
+    flat = levels[:, None, None, None].expand(256, 3, 14, 12).contiguous()
+    worst = (run(flat).int() - flat[:, :, :1, :1].int()).abs().max()
+    pairs = torch.tensor([[0, 255], [0, 40], [16, 235], [128, 131], [255, 200], [7, 0]])
+    edge = pairs[:, :, None].repeat_interleave(10, dim=2)[:, None, None].expand(-1, 3, 14, 2, 10)
+    edge = edge.reshape(len(pairs), 3, 14, 20).to(torch.uint8)
+    out = run(edge).int()
+    s, reach = net.scale, (receptive_radius(net) + 2) * net.scale
+    for side, col in ((0, slice(0, 10 * s - reach)), (1, slice(10 * s + reach, None))):
+        want = pairs[:, side, None, None, None].int()
+        worst = max(worst, (out[..., col] - want).abs().max())
+    return int(worst)

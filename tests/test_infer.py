@@ -15,7 +15,7 @@ from srctl.errors import SrctlError
 from srctl.infer import PyfuncModel, engine, infer, open_image, output_paths
 from srctl.upscale import upscale_image
 
-from conftest import BSDS300, DATASETS, srctl_cli
+from conftest import BSDS300, DATASETS, flat_error, srctl_cli
 
 
 @pytest.fixture(scope="module")
@@ -283,29 +283,6 @@ def test_size_resizes_the_result_keeping_the_aspect_unless_both_sides_are_given(
         ), res.stderr
 
 
-def flat_error(net, run) -> int:
-    """The largest change, in levels, of a flat region through `run` (uint8 [N, 3, h, w] tensors
-    -> their upscale by the network `net`; upscale_batch, say): whole grey pictures
-    of every level 0..255 (borders included), and two-level pictures (a vertical edge) away from
-    the edge by the receptive field and bicubic's reach."""
-    import torch
-
-    from srctl.upscale import receptive_radius
-
-    levels = torch.arange(256, dtype=torch.uint8)
-    flat = levels[:, None, None, None].expand(256, 3, 14, 12).contiguous()
-    worst = (run(flat).int() - flat[:, :, :1, :1].int()).abs().max()
-    pairs = torch.tensor([[0, 255], [0, 40], [16, 235], [128, 131], [255, 200], [7, 0]])
-    edge = pairs[:, :, None].repeat_interleave(10, dim=2)[:, None, None].expand(-1, 3, 14, 2, 10)
-    edge = edge.reshape(len(pairs), 3, 14, 20).to(torch.uint8)
-    out = run(edge).int()
-    s, reach = net.scale, (receptive_radius(net) + 2) * net.scale
-    for side, col in ((0, slice(0, 10 * s - reach)), (1, slice(10 * s + reach, None))):
-        want = pairs[:, side, None, None, None].int()
-        worst = max(worst, (out[..., col] - want).abs().max())
-    return int(worst)
-
-
 def test_flat_and_dark_regions_keep_their_level():
     """The contrast network (the default's) keeps every flat region within 1 level, whatever its
     weights (random and large here, as no training reaches), in fp32 and bf16; the residual one
@@ -366,6 +343,11 @@ def test_icc_profile_kept_and_output_format_from_the_name(tmp_path, model_dir):
     assert infer([src], engine(model_dir), tmp_path / "out.webp") == 0
     out = Image.open(tmp_path / "out.webp")
     assert out.format == "WEBP" and out.info.get("icc_profile") == icc
+    # a profile of other colours (CMYK's, say; Lab's here) does not describe the RGB upscale
+    lab = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
+    Image.open(src).save(src, icc_profile=lab)
+    assert infer([src], engine(model_dir), tmp_path / "lab.png") == 0
+    assert "icc_profile" not in Image.open(tmp_path / "lab.png").info
     rgba = tmp_path / "alpha.png"
     Image.new("RGBA", (8, 8)).save(rgba)
     # JPEG has no alpha: a clear error, no file

@@ -11,10 +11,11 @@ from PIL import Image
 
 from srctl import model as M
 from srctl import runtime
+from srctl.files import cache_dir
 from srctl.pictures import to_array
 from srctl.upscale import upscale_batch
-from tests.conftest import BSDS300
-from tests.test_infer import flat_error
+
+from conftest import BSDS300, flat_error
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_every_kind_of_picture_equals_pytorch_within_a_level(contrast_dir):
             assert got.shape == want.shape
             assert np.abs(got - want).max() <= 1 and (got != want).mean() < 0.001
     assert engine.scale == 3 and engine.halo == 5
-    assert len(list(runtime._cache().glob(f"{engine.digest}-c*.onnx"))) == 4
+    assert len(list(cache_dir("onnx").glob(f"{engine.digest}-c*.onnx"))) == 4
 
 
 def test_flat_regions_keep_their_level(contrast_dir):

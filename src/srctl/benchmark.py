@@ -17,8 +17,8 @@ from srctl.device import pick_device
 from srctl.errors import SrctlError, run_main
 from srctl.evaluate import evaluate
 from srctl.files import write_json
+from srctl.pictures import IMAGE_SUFFIXES
 
-IMAGES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".ppm"}
 JPEG = f"-jpeg{MESSENGER_QUALITY}"  # the rows of LR inputs saved as a messenger's JPEG
 
 
@@ -35,7 +35,7 @@ def benchmark(net: M.ESPCN, sets: dict[str, Path]) -> dict[str, dict | None]:
     results: dict[str, dict | None] = {}
     for name, folder in sets.items():
         paths = (
-            sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGES)
+            sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if folder.is_dir()
             else []
         )

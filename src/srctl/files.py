@@ -1,4 +1,5 @@
-"""Atomic writes: a reader sees the old file or the whole new one, never half of one."""
+"""Atomic writes (a reader sees the old file or the whole new one, never half of one), and where
+srctl caches what it can fetch again."""
 
 from __future__ import annotations
 
@@ -58,3 +59,9 @@ def atomic_dir(path: Path) -> Iterator[Path]:
 def write_json(path: Path, data: object) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def cache_dir(kind: str) -> Path:
+    """Where srctl keeps what it can fetch or rebuild (models of runs, ONNX graphs):
+    $XDG_CACHE_HOME/srctl/<kind>, ~/.cache by default."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "srctl" / kind

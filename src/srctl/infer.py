@@ -22,7 +22,14 @@ from PIL import Image
 
 from srctl.errors import SrctlError
 from srctl.files import atomic_path
-from srctl.pictures import TILE, decode_image, from_array, to_array
+from srctl.pictures import (
+    IMAGE_SUFFIXES,
+    TILE,
+    decode_image,
+    from_array,
+    icc_profile,
+    to_array,
+)
 
 BATCH = 8  # same-size images run through the network together
 
@@ -140,7 +147,7 @@ def collect_inputs(args: list[str]) -> list[Path]:
         path = Path(arg)
         if path.is_dir():
             found += sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _READABLE
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
             ) or [path]
         elif not path.exists() and any(c in arg for c in "*?["):
             found += sorted(Path(m) for m in glob.glob(arg)) or [path]
@@ -148,9 +155,6 @@ def collect_inputs(args: list[str]) -> list[Path]:
             found.append(path)
     unique = {p.resolve(): p for p in reversed(found)}
     return [p for p in found if unique[p.resolve()] is p]
-
-
-_READABLE = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
 def _batches(items, tile: int):
@@ -195,7 +199,8 @@ class _Report:
                 self.fail(exc)
                 self.bar.update(1)
                 continue
-            yield src, dst, to_array(img), img.info.get("icc_profile")
+            x = to_array(img)
+            yield src, dst, x, icc_profile(img, x.shape[0])
 
     def write(self, batch: list[tuple[Path, Path, np.ndarray, bytes | None]], results) -> None:
         for (src, dst, _, icc), result in zip(batch, results, strict=True):

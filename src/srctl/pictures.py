@@ -4,6 +4,7 @@ the ONNX Runtime path of `srctl infer` starts without importing it); the tiles t
 
 from __future__ import annotations
 
+import io
 import sys
 import warnings
 from pathlib import Path
@@ -15,6 +16,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from srctl.errors import SrctlError
 
 TILE = 512  # LR pixels per tile side: memory stays bounded whatever the image size
+# what a folder of pictures is scanned for (infer, prepare's extra_train, benchmark sets): every
+# suffix Pillow can open
+IMAGE_SUFFIXES = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
@@ -44,6 +48,22 @@ def rgb(img: Image.Image) -> Image.Image:
     """The 8-bit RGB picture of any image (16-bit greyscale scaled, not clipped white; alpha
     dropped)."""
     return content_and_alpha(img)[0].convert("RGB")
+
+
+def icc_profile(img: Image.Image, channels: int) -> bytes | None:
+    """The image's ICC profile if it describes the colours of its upscale (`channels` of
+    to_array): an RGB one for RGB(A), a grey one for L(A). A CMYK photo's profile does not fit the
+    RGB picture made of it, and would make viewers show wrong colours."""
+    icc = img.info.get("icc_profile")
+    if not icc:
+        return None
+    from PIL import ImageCms
+
+    try:
+        space = ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space.strip()
+    except (OSError, ImageCms.PyCMSError):
+        return None  # unreadable: better none than a broken one
+    return icc if space == ("GRAY" if channels <= 2 else "RGB") else None
 
 
 def to_array(img: Image.Image) -> np.ndarray:

@@ -24,9 +24,7 @@ from srctl.degrade import downscale
 from srctl.download import content_hash, files_hash
 from srctl.errors import SrctlError, run_main
 from srctl.files import atomic_dir
-from srctl.pictures import decode_image, rgb
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from srctl.pictures import IMAGE_SUFFIXES, decode_image, rgb
 
 
 def _landscape(img: Image.Image) -> Image.Image:
@@ -59,9 +57,7 @@ def extra_images(folders: list[str], root: Path) -> list[Path]:
             raise SrctlError(f"prepare.extra_train: {name}: no such folder")
         found = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
-            raise SrctlError(
-                f"prepare.extra_train: {name}: no images ({', '.join(IMAGE_SUFFIXES)})"
-            )
+            raise SrctlError(f"prepare.extra_train: {name}: no images in it")
         files += found
     return files
 

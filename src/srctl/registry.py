@@ -21,7 +21,7 @@ from pathlib import Path
 from srctl import params as P
 from srctl.degrade import MESSENGER_QUALITY
 from srctl.errors import SrctlError, run_main
-from srctl.files import atomic_dir, write_json
+from srctl.files import atomic_dir, cache_dir, write_json
 
 EXPERIMENT = "srctl"
 MODEL_ARTIFACT = "model"  # runs:/<run_id>/model
@@ -349,8 +349,7 @@ def _cache_dir(uri: str) -> Path | None:
     """
     if not uri.startswith("runs:/"):
         return None
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "srctl" / "runs" / uri.split("/")[1]
+    return cache_dir("runs") / uri.split("/")[1]
 
 
 def fetch_model(uri: str) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from srctl.errors import SrctlError
+from srctl.files import cache_dir
 from srctl.pictures import TILE, tiled
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"  # model's: model.py imports torch
@@ -58,10 +59,6 @@ def suits(device: str | None, precision: str | None, size) -> bool:
     return precision == "fp32" or not _amx()
 
 
-def _cache() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "srctl" / "onnx"
-
-
 class OnnxEngine:
     """infer.engine on onnxruntime: uint8 [N, C, h, w] -> uint8 [N, C, h*s, w*s] (numpy), in
     tiles of `tile` pixels, equal to PyTorch's fp32 upscale within a level of 255."""
@@ -92,7 +89,7 @@ class OnnxEngine:
         if channels not in self.sessions:
             import onnxruntime
 
-            path = _cache() / f"{self.digest}-c{channels}.onnx"
+            path = cache_dir("onnx") / f"{self.digest}-c{channels}.onnx"
             if not path.is_file():
                 from srctl import model as M
                 from srctl.export import export_upscale
