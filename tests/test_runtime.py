@@ -80,7 +80,18 @@ def test_srctl_infer_starts_without_pytorch(tmp_path, photo, contrast_dir, monke
         "import sys\nfrom srctl.cli import main\nsys.argv = ['srctl', *sys.argv[1:]]\n"
         "try:\n    main()\nfinally:\n    print('torch' in sys.modules, file=sys.stderr)\n"
     )
-    args = ["infer", "--fp32", "--model-dir", str(contrast_dir), str(photo), "-q", "--force"]
+    # --device cpu: on a machine with a GPU, srctl infer would pick it (and PyTorch)
+    args = [
+        "infer",
+        "--fp32",
+        "--device",
+        "cpu",
+        "--model-dir",
+        str(contrast_dir),
+        str(photo),
+        "-q",
+        "--force",
+    ]
     for first in (True, False):
         res = subprocess.run(
             [sys.executable, "-c", script, *args], cwd=tmp_path, capture_output=True, text=True
