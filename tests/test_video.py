@@ -103,6 +103,9 @@ def test_default_h264_and_bad_inputs_through_the_cli(clip, tmp_path, logged_mode
     # no output (the input fails before one is opened): test_failure_mid_encode_leaves_no_file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4", "o.mp4"]
 
+    res = srctl_cli("video", str(tmp_path), "--run-id", run_id, cwd=store)
+    assert res.returncode == 1 and res.stderr == f"error: {tmp_path}: is a folder, not a video\n"
+
     out = tmp_path / "o"  # no suffix: no format
     res = srctl_cli("video", str(clip), "-o", str(out), "--run-id", run_id, cwd=store)
     assert res.returncode == 1 and res.stderr.startswith(f"error: {out}: no video format by")

@@ -156,7 +156,7 @@ def video(
     from srctl.video import upscale_video
 
     target = I.parse_size(size) if size else None
-    I.check_path(src)
+    I.check_path(src, folder="is a folder, not a video")
     dev = D.pick_device(device)
     amp = D.precision(_precision(half, bf16, fp32), dev)
     net = M.load(registry.model_folder(run_id, model, model_dir), dev)

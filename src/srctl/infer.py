@@ -68,9 +68,10 @@ def parse_size(text: str) -> tuple[int | None, int | None]:
     return size
 
 
-def check_path(path: Path) -> None:
+def check_path(path: Path, folder: str = "is a folder with no images in it") -> None:
+    """A one-line error for an input that is a `folder` or missing."""
     if path.is_dir():
-        raise SrctlError(f"{path}: is a folder with no images in it")
+        raise SrctlError(f"{path}: {folder}")
     if not path.exists():
         raise SrctlError(
             f"{path}: no such file" + (" matches" if any(c in path.name for c in "*?[") else "")
