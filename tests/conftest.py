@@ -23,10 +23,14 @@ BSDS300 = DATASETS / "BSDS300"
 
 
 def pytest_sessionstart(session):
-    # fetched models are cached under XDG_CACHE_HOME: keep the tests' cache out of the user's
+    # fetched models are cached under XDG_CACHE_HOME: keep the tests' cache out of the user's (and
+    # remove it after the session: each run made one more in the temp dir)
+    import atexit
+    import shutil
     import tempfile
 
-    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="srctl-test-cache-")
+    os.environ["XDG_CACHE_HOME"] = cache = tempfile.mkdtemp(prefix="srctl-test-cache-")
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
     # The datasets are part of the test environment: a missing copy is an error, never a skip.
     if not (BSDS300 / "images" / "train").is_dir():
         raise pytest.UsageError(
