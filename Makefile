@@ -31,7 +31,7 @@ full: install
 
 # The full profile's quality in a fraction of its steps, for a GPU: the default network (contrast)
 # on batches of 64 at lr 0.003, 24,000 steps (the README's GPU table; on a 2-core CPU it would take
-# about an hour). bench/gpu.sh reads GPU_FULL from here.
+# well over an hour). bench/gpu.sh reads GPU_FULL from here.
 GPU_FULL := train.batch_size=64 train.lr=0.003 train.steps_per_epoch=2000 train.epochs=12
 
 gpu-full: install
