@@ -130,6 +130,32 @@ def test_bad_output_format_or_codec_is_an_error_before_any_file(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_variable_frame_rate_and_a_late_start_keep_their_times(tmp_path):
+    """A phone's clip: frames 40 to 160 ms apart, the first at 0.5 s. Each output frame is shown
+    when its source frame was (not at frame count / average rate), so the audio stays in step."""
+    photo = Image.open(BSDS300 / "images" / "test" / "3096.jpg").convert("RGB")
+    times = [500, 540, 620, 660, 820, 860, 900, 1060, 1100, 1140]  # ms
+    src = tmp_path / "phone.mkv"
+    with av.open(str(src), "w") as out:
+        v = out.add_stream("mpeg4", rate=RATE)
+        v.width, v.height, v.pix_fmt = 48, 32, "yuv420p"
+        v.codec_context.time_base = Fraction(1, 1000)
+        for i, ms in enumerate(times):
+            frame = av.VideoFrame.from_image(photo.crop((i * 4, 0, i * 4 + 48, 32)))
+            frame.pts, frame.time_base = ms, Fraction(1, 1000)
+            out.mux(v.encode(frame))
+        out.mux(v.encode(None))
+
+    def shown(path):
+        with av.open(str(path)) as f:
+            return [round(fr.time * 1000) for fr in f.decode(video=0)]
+
+    assert shown(src) == times
+    for name, codec in (("x3.mp4", "libx264"), ("x3.mov", "png")):
+        upscale_video(src, tmp_path / name, M.ESPCN(3).eval(), codec=codec, batch=4)
+        assert shown(tmp_path / name) == times, name
+
+
 def test_odd_size_cropped_even_for_420_kept_for_rgb(tmp_path):
     """33x23 at x3 is 99x69, which x264's yuv420p (chroma for 2x2 pixels) refuses: the default
     codec gets 98x68, the network's result without its last column and row; png (rgb24) keeps

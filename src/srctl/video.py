@@ -56,8 +56,9 @@ class _Busy:
 
 def _decoded(inp, vin, ain, batch: int, pin: bool, busy: _Busy) -> Iterator[tuple]:
     """In stream order: (audio packets, uint8 [N, H, W, 3] RGB batch of up to `batch` decoded
-    frames, or None at the end), the batch in pinned memory if `pin` (for an asynchronous copy to
-    the GPU). The muxer interleaves the audio by time, so it may travel with the next batch."""
+    frames or None at the end, the frames' timestamps), the batch in pinned memory if `pin` (for an
+    asynchronous copy to the GPU). The muxer interleaves the audio by time, so it may travel with
+    the next batch."""
 
     def stacked(frames: list) -> torch.Tensor:
         first = frames[0].to_ndarray(format="rgb24")
@@ -78,14 +79,14 @@ def _decoded(inp, vin, ain, batch: int, pin: bool, busy: _Busy) -> Iterator[tupl
             elif packet is not None:
                 frames.extend(packet.decode())
             full = len(frames) >= batch or (packet is None and frames)
-            item = (audio, stacked(frames)) if full else None
+            item = (audio, stacked(frames), [f.pts for f in frames]) if full else None
         if item:
             yield item
             audio, frames = [], []
         if packet is None:
             break
     if audio:
-        yield audio, None
+        yield audio, None, []
 
 
 def _prefetched(items: Iterator, depth: int) -> Iterator:
@@ -158,13 +159,19 @@ class _Encoder:
         from concurrent.futures import ThreadPoolExecutor
 
         rate = vin.average_rate or vin.guessed_rate or Fraction(25)
-        self.out, self.time_base = out, 1 / Fraction(rate)
-        self.vout = out.add_stream(codec, rate=rate)
+        self.out, self.vout = out, out.add_stream(codec, rate=rate)
+        # each frame keeps its source timestamp, in the source's time base: a phone's variable
+        # frame rate and a stream that starts late stay in step with the copied audio
+        self.time_base = vin.time_base or 1 / Fraction(rate)
+        self.vout.codec_context.time_base = self.time_base
+        self.tick = max(1, round(1 / (Fraction(rate) * self.time_base)))  # a frame's duration
+        self.pts: int | None = None  # the last frame's
         self.vout.width, self.vout.height = size
         self.vout.pix_fmt = _pix_fmt(codec)
-        self.options = {"crf": str(crf), "preset": preset} if codec.startswith("libx26") else {}
+        x26x = self.vout.codec_context.name.startswith("libx26")  # `h264` names libx264 too
+        self.options = {"crf": str(crf), "preset": preset} if x26x else {}
         self.vout.options = dict(self.options)  # (emptied when the encoder opens)
-        if codec.startswith("libx26"):
+        if x26x:
             # PyAV opens encoders with slice threads; x264's frame threads are faster at 4K and
             # make smaller files (1.35-1.5x on the H200's 16 cores: README, bench/video_stages.py)
             self.vout.codec_context.thread_type = "FRAME"
@@ -187,9 +194,10 @@ class _Encoder:
         self.thread = threading.Thread(target=self._mux, daemon=True)
         self.thread.start()
 
-    def put(self, audio: list, frames: tuple | None) -> None:
+    def put(self, audio: list, frames: tuple | None, pts: list) -> None:
         """Audio packets, then `frames` if any: (uint8 arrays in PyAV's layout of their format,
-        the format, a CUDA event to wait for before reading them or None)."""
+        the format, a CUDA event to wait for before reading them or None), and their source
+        timestamps `pts` (one missing or out of order: a frame after the last)."""
         if self.failures:
             raise self.failures[0]
         if audio:
@@ -198,8 +206,10 @@ class _Encoder:
         for i in range(len(arrays)):
             if self.current is None:
                 self.current = self._start_segment()
+            ok = pts[i] is not None and (self.pts is None or pts[i] > self.pts)
+            self.pts = pts[i] if ok else (self.pts + self.tick if self.pts is not None else 0)
             self.slots.acquire()
-            self.current.put((arrays, i, fmt, ready))
+            self.current.put((arrays, i, fmt, ready, self.pts))
             self.frames += 1
             if self.segment and self.frames % self.segment == 0:
                 self.current.put(None)
@@ -217,18 +227,18 @@ class _Encoder:
             ctx.time_base, ctx.framerate, ctx.flags = ref.time_base, ref.framerate, ref.flags
             ctx.thread_type, ctx.options = ref.thread_type, dict(self.options)
         frames, packets = Queue(), Queue()
-        self.pool.submit(self._encode, ctx, frames, packets, self.frames)
+        self.pool.submit(self._encode, ctx, frames, packets)
         self.queue.put(packets)
         return frames
 
-    def _encode(self, ctx, frames: Queue, packets: Queue, pts: int) -> None:
+    def _encode(self, ctx, frames: Queue, packets: Queue) -> None:
         """One segment, in the pool: its frames from `frames` until None; its packets to
         `packets`, then None (or what failed)."""
         import av
 
         try:
             while (item := frames.get()) is not None:
-                arrays, i, fmt, ready = item
+                arrays, i, fmt, ready, pts = item
                 try:
                     if ready is not None:
                         with self.busy("gpu"):  # the GPU's share of the time, as far as it shows
@@ -236,7 +246,6 @@ class _Encoder:
                     with self.busy("encode"):
                         frame = av.VideoFrame.from_numpy_buffer(arrays[i].numpy(), format=fmt)
                         frame.pts, frame.time_base = pts, self.time_base  # (no copy: 4K frames)
-                        pts += 1
                         packets.put(ctx.encode(frame))
                 finally:
                     self.slots.release()
@@ -338,12 +347,12 @@ def _transcode(
     items = _prefetched(_decoded(inp, vin, ain, batch, pin, busy), depth=2)
     try:
         with contextlib.closing(items):  # the decoding thread ends before the input is closed
-            for audio, x in items:
+            for audio, x, pts in items:
                 frames = None
                 if x is not None:
                     with busy("upscale"):
                         frames = upscale(x)
-                encoder.put(audio, frames)
+                encoder.put(audio, frames, pts)
                 bar.update(0 if x is None else len(x))
     except BaseException:
         encoder.close(check=False)
