@@ -30,6 +30,10 @@ from srctl.infer import output_paths
 from srctl.pictures import TILE, target_size
 from srctl.upscale import resized, upscale_batch
 
+# encoders that take any time base (x264 and x265, the lossless ones), so frames keep their source
+# timestamps exactly
+ANY_TIME_BASE = ("libx264", "libx264rgb", "libx265", "png", "ffv1", "libvpx-vp9", "libaom-av1")
+
 
 def _pix_fmt(codec: str) -> str:
     """RGB when the encoder takes it (png, ffv1, libx264rgb: lossless), else 4:2:0 for players."""
@@ -158,13 +162,18 @@ class _Encoder:
     ):  # fmt: skip
         from concurrent.futures import ThreadPoolExecutor
 
-        rate = vin.average_rate or vin.guessed_rate or Fraction(25)
+        rate = Fraction(vin.average_rate or vin.guessed_rate or 25)
         self.out, self.vout = out, out.add_stream(codec, rate=rate)
-        # each frame keeps its source timestamp, in the source's time base: a phone's variable
-        # frame rate and a stream that starts late stay in step with the copied audio
-        self.time_base = vin.time_base or 1 / Fraction(rate)
+        # each frame keeps its source timestamp: a phone's variable frame rate and a stream that
+        # starts late stay in step with the copied audio. In the source's time base for encoders
+        # that take any; others (mpeg4: denominators up to 65535; mpeg2video: standard rates only)
+        # get 1/rate (a phone's 1799100/60007 made near: 29.98), each time rounded to it
+        source = Fraction(vin.time_base or 1 / rate)
+        any_base = self.vout.codec_context.name in ANY_TIME_BASE
+        self.time_base = source if any_base else 1 / rate.limit_denominator(1001)
         self.vout.codec_context.time_base = self.time_base
-        self.tick = max(1, round(1 / (Fraction(rate) * self.time_base)))  # a frame's duration
+        self.to_out = source / self.time_base  # source ticks -> output ticks
+        self.tick = max(1, round(1 / (rate * self.time_base)))  # a frame's duration
         self.pts: int | None = None  # the last frame's
         self.vout.width, self.vout.height = size
         self.vout.pix_fmt = _pix_fmt(codec)
@@ -206,8 +215,9 @@ class _Encoder:
         for i in range(len(arrays)):
             if self.current is None:
                 self.current = self._start_segment()
-            ok = pts[i] is not None and (self.pts is None or pts[i] > self.pts)
-            self.pts = pts[i] if ok else (self.pts + self.tick if self.pts is not None else 0)
+            t = None if pts[i] is None else round(pts[i] * self.to_out)
+            ok = t is not None and (self.pts is None or t > self.pts)
+            self.pts = t if ok else (self.pts + self.tick if self.pts is not None else 0)
             self.slots.acquire()
             self.current.put((arrays, i, fmt, ready, self.pts))
             self.frames += 1
@@ -260,6 +270,7 @@ class _Encoder:
 
     def _mux(self) -> None:  # keeps draining after a failure, so that nothing waits for ever
         first_delay = None  # pts - dts of the first video packet
+        last = None  # the last video packet's decoding time
         while (item := self.queue.get()) is not None:
             if isinstance(item, list):  # audio packets
                 self._write(item, self.aout)
@@ -276,7 +287,12 @@ class _Encoder:
                         delay = packet.pts - packet.dts
                         first_delay = delay if first_delay is None else first_delay
                         shift = first_delay - delay
-                    packet.dts -= shift or 0
+                    if packet.dts is not None:
+                        # uneven frame times (a variable rate) delay segments unevenly: keep the
+                        # decoding times increasing and none after its frame's showing time
+                        dts = packet.dts - (shift or 0)
+                        dts = min(dts, packet.pts) if packet.pts is not None else dts
+                        packet.dts = last = dts if last is None else max(dts, last + 1)
                 self._write(packets, self.vout)
 
     def _write(self, packets: list, stream) -> None:
