@@ -25,7 +25,8 @@ def test_precision_as_asked_else_what_the_hardware_computes_natively():
     # the kernel's word for what the CPU has (not torch's, which device.py asks): bf16 is native
     # with AVX512-BF16 or AMX, unless torch is held below AVX-512 (ATEN_CPU_CAPABILITY=avx2, as
     # bench/ and some CI runs do)
-    flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    with open("/proc/cpuinfo") as cpuinfo:  # (x86 Linux: CI's and the bench machines')
+        flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
     held = os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("avx2", "default")
     native = bool({"avx512_bf16", "amx_tile"} & set(flags)) and not held
     assert D.autocast_dtype(cpu) is (torch.bfloat16 if native else None)

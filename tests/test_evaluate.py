@@ -31,7 +31,7 @@ def test_any_picture_scores_as_its_8_bits_and_bad_ones_are_one_line_errors(tmp_p
     eight, _ = evaluate(net, [tmp_path / "eight.png"])
     assert evaluate(net, [tmp_path / "sixteen.png"])[0] == eight
     (tmp_path / "cut.png").write_bytes((tmp_path / "eight.png").read_bytes()[:500])
-    Image.new("RGB", (8, 5)).save(tmp_path / "tiny.png")
+    Image.new("RGB", (15, 15)).save(tmp_path / "tiny.png")  # 9x9 once its border is cut
     for bad, message in (("cut.png", "damaged or unreadable"), ("tiny.png", "too small to score")):
         with pytest.raises(SrctlError, match=f"{bad}: .*{message}") as err:
             evaluate(net, [tmp_path / bad])

@@ -114,6 +114,8 @@ def test_export_never_overwrites_what_it_was_not_told_to(logged_model_store, tmp
     res = srctl_cli(*args, str(kept), cwd=store)
     assert res.returncode == 1 and "exists; pass --force" in res.stderr
     assert kept.read_bytes() == b"someone's file"
+    res = srctl_cli(*args, str(tmp_path), cwd=store)
+    assert res.returncode == 1 and f"{tmp_path}: is a folder; -o names the .onnx file" in res.stderr
     assert srctl_cli(*args, str(kept), "--force", cwd=store).returncode == 0
     assert kept.stat().st_size > 1000
     (tmp_path / "cut.png").write_bytes(before[:300])

@@ -37,7 +37,8 @@ def evaluate(
         content, _ = content_and_alpha(decode_image(path, str(path)))
         gray = content.mode == "L"  # a greyscale original is its own Y, as the literature scores it
         hr = crop_to_multiple(content.convert("RGB"), s)
-        if min(hr.size) <= 2 * s:  # the scale's border is cut from each side before scoring
+        # the scale's border is cut from each side, and SSIM's window is 11 pixels
+        if min(hr.size) - 2 * s < 11:
             raise SrctlError(
                 f"{path}: {content.width}x{content.height} is too small to score at x{s}"
             )

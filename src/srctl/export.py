@@ -38,6 +38,8 @@ def export_onnx(
 
     y = torch.from_numpy(y_channel(rgb(decode_image(check_image, str(check_image)))))
     y = y.float().div(255)[None, None]
+    if path.is_dir():
+        raise SrctlError(f"{path}: is a folder; -o names the .onnx file to write")
     output_paths([check_image], path, 1, force)
     net = load_net().cpu().eval()
     dims = {

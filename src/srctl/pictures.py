@@ -16,9 +16,16 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from srctl.errors import SrctlError
 
 TILE = 512  # LR pixels per tile side: memory stays bounded whatever the image size
-# what a folder of pictures is scanned for (infer, prepare's extra_train, benchmark sets): every
-# suffix Pillow can open
-IMAGE_SUFFIXES = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+# what a folder of pictures is scanned for (infer, prepare's extra_train, benchmark sets): raster
+# picture formats, those this Pillow opens (not all it knows: .mpg, .eps, .h5, .ico are no photos)
+_PICTURES = (
+    ".bmp .dib .gif .j2k .jp2 .jpe .jpeg .jpg .jfif .pbm .pgm .png .pnm .ppm .tga .tif .tiff .webp"
+)
+IMAGE_SUFFIXES = {
+    ext
+    for ext, fmt in Image.registered_extensions().items()
+    if fmt in Image.OPEN and ext in _PICTURES.split()
+}
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
@@ -57,8 +64,10 @@ def icc_profile(img: Image.Image, channels: int) -> bytes | None:
     icc = img.info.get("icc_profile")
     if not icc:
         return None
-    from PIL import ImageCms
-
+    try:
+        from PIL import ImageCms
+    except ImportError:  # a Pillow built without littlecms: no way to tell, keep it
+        return icc
     try:
         space = ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space.strip()
     except (OSError, ImageCms.PyCMSError):

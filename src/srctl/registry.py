@@ -360,7 +360,7 @@ def fetch_model(uri: str) -> Path:
     mlflow = _mlflow()
     tmp = Path(tempfile.mkdtemp(prefix="srctl-model-"))
     # a registered version (an alias may move) is not cached: its download lives as long as the
-    # process that loads it
+    # process that loads it; a run's is copied into the cache below, then removed
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
@@ -375,6 +375,7 @@ def fetch_model(uri: str) -> Path:
     with atomic_dir(cached) as staging:
         for f in configs[0].parent.iterdir():
             shutil.copy2(f, staging / f.name)
+    shutil.rmtree(tmp, ignore_errors=True)
     return cached
 
 
