@@ -33,26 +33,17 @@ def test_runs_table_and_promote(logged_model_store):
     )
 
 
-def test_a_registered_model_leaves_no_download_behind(logged_model_store, tmp_path):
+def test_a_registered_model_leaves_no_download_behind(logged_model_store, tmp_path, monkeypatch):
     """NAME@ALIAS is fetched afresh by each command (an alias moves), into a temporary folder that
     goes when the command ends."""
-    import os
-    import subprocess
-    import sys
-
     store, run_id = logged_model_store
     assert srctl_cli("promote", run_id, cwd=store).returncode == 0
     photo = tmp_path / "photo.png"
     Image.open(BSDS300 / "images" / "test" / "3096.jpg").crop((0, 0, 60, 40)).save(photo)
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    res = subprocess.run(
-        [sys.executable, "-m", "srctl.cli", "infer", "--model", "espcn-x3@champion", str(photo)],
-        cwd=store,
-        env={**os.environ, "TMPDIR": str(tmp)},
-        capture_output=True,
-        text=True,
-    )
+    monkeypatch.setenv("TMPDIR", str(tmp))  # the child's temp dir
+    res = srctl_cli("infer", "--model", "espcn-x3@champion", str(photo), cwd=store)
     assert res.returncode == 0, res.stderr
     assert Image.open(tmp_path / "photo_x3.png").size == (180, 120)
     assert not list(tmp.glob("srctl-model-*"))  # (torch keeps its compile cache there)
