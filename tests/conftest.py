@@ -26,11 +26,20 @@ def pytest_sessionstart(session):
     # fetched models are cached under XDG_CACHE_HOME: keep the tests' cache out of the user's (and
     # remove it after the session: each run made one more in the temp dir)
     import atexit
-    import shutil
+    import getpass
     import tempfile
 
     os.environ["XDG_CACHE_HOME"] = cache = tempfile.mkdtemp(prefix="srctl-test-cache-")
     atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    # Children get a temp dir that goes with the session: torchrun leaves its log folders behind,
+    # and processes the tests kill leave MLflow's. Torch's compile cache stays where it was (warm),
+    # and pytest's own tmp_path too (tempfile.gettempdir() has cached it in this process).
+    system_tmp = tempfile.gettempdir()
+    os.environ.setdefault(
+        "TORCHINDUCTOR_CACHE_DIR", os.path.join(system_tmp, f"torchinductor_{getpass.getuser()}")
+    )
+    os.environ["TMPDIR"] = tempfile.mkdtemp(prefix="srctl-test-tmp-")
+    atexit.register(shutil.rmtree, os.environ["TMPDIR"], ignore_errors=True)
     # The datasets are part of the test environment: a missing copy is an error, never a skip.
     if not (BSDS300 / "images" / "train").is_dir():
         raise pytest.UsageError(

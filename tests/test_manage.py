@@ -46,7 +46,7 @@ def test_a_registered_model_leaves_no_download_behind(logged_model_store, tmp_pa
     res = srctl_cli("infer", "--model", "espcn-x3@champion", str(photo), cwd=store)
     assert res.returncode == 0, res.stderr
     assert Image.open(tmp_path / "photo_x3.png").size == (180, 120)
-    assert not list(tmp.glob("srctl-model-*"))  # (torch keeps its compile cache there)
+    assert not list(tmp.glob("srctl-model-*"))  # (MLflow keeps a db_init_lock file there)
 
 
 def test_promote_names_a_real_model_as_register_does(logged_model_store, monkeypatch):
