@@ -1,6 +1,7 @@
 """Where `srctl video` spends its time: each stage alone, frames/s.
 
-Decode (+ to RGB), network + colour + yuv420p + copy back (per batch size), and libx264 alone per
+Decode (+ to RGB), network + colour + yuv420p + copy back (per batch size), RGB -> yuv420p alone
+(PyTorch's, which a GPU runs, and swscale's, which a CPU leaves it to), and libx264 alone per
 preset, with slice threads (PyAV's default) and frame threads (srctl's), on the same clip. Run
 where the video is slow to see which stage bounds it.
 
@@ -63,6 +64,22 @@ def main() -> None:
             f"network + colour + yuv420p + copy back, batch {batch}: "
             f"{len(frames) / (time.perf_counter() - start):.1f} frames/s"
         )
+
+    # the colour conversion alone: on the model's device (what a GPU does), or swscale's (a CPU)
+    up = upscale_batch(net, x[:8].to(device), 4096, amp)
+    sync()
+    start = time.perf_counter()
+    rgb_to_yuv420p(up)
+    sync()
+    torch_fps = len(up) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for picture in up.permute(0, 2, 3, 1).contiguous().cpu().numpy():
+        av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
+    sws_fps = len(up) / (time.perf_counter() - start)
+    print(
+        f"RGB -> yuv420p, {up.shape[-1]}x{up.shape[-2]}, a batch of {len(up)}: PyTorch on "
+        f"{device.type} {torch_fps:.1f} frames/s, swscale (+ the NHWC copy) {sws_fps:.1f} frames/s"
+    )
 
     planes = np.concatenate(out)[:100]
     h, w = planes.shape[1] * 2 // 3, planes.shape[2]

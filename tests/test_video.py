@@ -7,12 +7,14 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from srctl import model as M
 from srctl.errors import SrctlError
+from srctl.pictures import TILE
 from srctl.upscale import upscale_image
-from srctl.video import upscale_video
+from srctl.video import _upscaled, upscale_video
 
 from conftest import BSDS300, srctl_cli
 
@@ -239,3 +241,19 @@ def test_segments_encoded_at_once_are_joined_in_order(clip, tmp_path):
         keys = [p.is_keyframe for p in f.demux(video=0) if p.size]
         assert [i for i, k in enumerate(keys) if k] == [0, 3, 6, 9]
         assert f.streams.video[0].average_rate == Fraction(RATE)
+
+
+def test_yuv420p_made_on_a_gpu_equals_swscales_within_a_level():
+    """A GPU hands the encoder yuv420p frames made by color.rgb_to_yuv420p; a CPU hands it RGB,
+    which swscale converts (faster there). The two agree within a level of 255."""
+    photo = Image.open(BSDS300 / "images" / "test" / "3096.jpg").convert("RGB")
+    frames = torch.from_numpy(
+        np.stack([np.asarray(photo.crop((i, 0, i + 48, 32))) for i in (0, 9)])
+    )
+    net, crop = M.ESPCN.named("contrast", 3).eval(), (144, 96)
+    rgb, fmt, _ = _upscaled(net, frames, TILE, None, yuv=False, size=None, crop=crop)
+    yuv, yuv_fmt, _ = _upscaled(net, frames, TILE, None, yuv=True, size=None, crop=crop)
+    assert (fmt, yuv_fmt) == ("rgb24", "yuv420p") and yuv.shape == (2, 96 * 3 // 2, 144)
+    for got, picture in zip(yuv.numpy(), rgb.numpy(), strict=True):
+        frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
+        assert np.abs(got.astype(int) - frame.to_ndarray().astype(int)).max() <= 1
