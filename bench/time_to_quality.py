@@ -52,7 +52,8 @@ def main() -> None:
     ap.add_argument("-S", dest="overrides", action="append", default=[], help="key=value")
     ap.add_argument("--label", default=None)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="srctl-ttq-"))
+    scratch = tempfile.TemporaryDirectory(prefix="srctl-ttq-")  # removed when main returns
+    work = Path(scratch.name)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work}/mlflow.db"
 
     from set_params import set_params  # bench/, beside this script

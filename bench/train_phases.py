@@ -61,7 +61,8 @@ def main() -> None:
     ap.add_argument("-S", dest="overrides", action="append", default=[], help="key=value")
     ap.add_argument("--profile", type=int, default=0, help="print cProfile's N costliest calls")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="srctl-phases-"))
+    scratch = tempfile.TemporaryDirectory(prefix="srctl-phases-")  # removed when main returns
+    work = Path(scratch.name)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work}/mlflow.db"
     mark("interpreter up")
     import torch

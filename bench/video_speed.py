@@ -68,7 +68,8 @@ def main() -> None:
     args = ap.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     w, h = map(int, args.size.split("x"))
     run_id = args.run_id or json.loads((ROOT / "models" / "mlflow_run.json").read_text())["run_id"]
-    work = Path(tempfile.mkdtemp(prefix="srctl-video-"))
+    scratch = tempfile.TemporaryDirectory(prefix="srctl-video-")  # removed when main returns
+    work = Path(scratch.name)
     clip = work / "clip.mp4"
     make_clip(clip, w, h, args.frames)
     versions = {"this checkout": ROOT / "src"}

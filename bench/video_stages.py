@@ -34,7 +34,8 @@ def main() -> None:
     if size := re.fullmatch(r"(\d+)x(\d+)", clip):
         from video_speed import make_clip  # bench/, beside this script
 
-        clip = str(Path(tempfile.mkdtemp(prefix="srctl-stages-")) / "clip.mp4")
+        scratch = tempfile.TemporaryDirectory(prefix="srctl-stages-")  # removed when main returns
+        clip = str(Path(scratch.name) / "clip.mp4")
         make_clip(Path(clip), int(size[1]), int(size[2]), 150)
     device = pick_device()
     net = M.load(model_dir, device)
