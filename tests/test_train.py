@@ -69,7 +69,8 @@ def test_training_logs_to_mlflow_and_is_reproducible(prepared_dir, tmp_path, mlf
     assert len(run.data.tags["dataset_sha256"]) == 64
     assert [m.step for m in client.get_metric_history(run_id, "test_psnr")] == [1, 2]
     assert (out1 / "metrics" / "train_log.csv").read_text().startswith("epoch,train_loss,test_psnr")
-    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")  # loadable back with MLflow
+    # loadable back with MLflow (into the test's folder: without dst_path MLflow leaves a temp dir)
+    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/model", dst_path=str(tmp_path / "loaded"))
     assert loaded.metadata.flavors["python_function"]["loader_module"] == "srctl.infer"
 
 
