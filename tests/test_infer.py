@@ -143,6 +143,8 @@ def _odd_images(folder):
     put("cmyk.jpg", src.convert("CMYK"), "RGB")
     put("gray.png", src.convert("L"), "L")
     put("la.png", src.convert("LA"), "LA")
+    put("lab.tif", src.convert("LAB"), "RGB")  # its bands are L, A, B: no alpha among them
+    put("one-bit.png", src.convert("1"), "L")
     rgba = src.copy()
     rgba.putalpha(Image.linear_gradient("L").resize(src.size))
     put("rgba.png", rgba, "RGBA")
@@ -168,6 +170,10 @@ def test_odd_images_are_upscaled_right(tmp_path):
     sixteen = upscale_image(net, open_image(tmp_path / "sixteen.png"))
     gray = upscale_image(net, open_image(tmp_path / "gray.png"))
     assert np.abs(np.asarray(sixteen, dtype=float) - np.asarray(gray, dtype=float)).max() <= 1
+    # a LAB picture comes out as its colours (its A band is no alpha)
+    rgb = Image.open(BSDS300 / "images" / "test" / "3096.jpg").convert("RGB").crop((0, 0, 40, 30))
+    lab = upscale_image(net, open_image(tmp_path / "lab.tif"))
+    assert np.abs(np.asarray(lab, float) - np.asarray(upscale_image(net, rgb), float)).max() <= 4
     # alpha is carried over, bicubically upscaled
     src = open_image(tmp_path / "rgba.png")
     want = src.getchannel("A").resize((120, 90), Image.Resampling.BICUBIC)

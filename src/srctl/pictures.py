@@ -32,7 +32,8 @@ _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 def content_and_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     """8-bit RGB or L content, and the alpha channel if the image has one.
 
-    16-bit greyscale is scaled to 8 bits; palette, CMYK, 1-bit, LAB... are converted to RGB.
+    16-bit greyscale is scaled to 8 bits, 1-bit is greyscale; palette, CMYK, LAB... are converted
+    to RGB.
     """
     if img.mode in _SIXTEEN_BIT:
         img = Image.fromarray(
@@ -42,10 +43,12 @@ def content_and_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None
         img = Image.fromarray(np.asarray(img).clip(0, 255).round().astype(np.uint8))
     elif img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode in ("1", "La"):  # (Pillow converts La, premultiplied, to LA only)
+        img = img.convert("L" if img.mode == "1" else "LA")
     alpha = None
-    if "A" in img.getbands() or img.mode in ("RGBa", "La"):
+    if img.getbands()[-1] in ("A", "a"):  # RGBA, LA, RGBa; not LAB, whose "A" is a colour
         alpha = img.getchannel(img.getbands()[-1])
-        img = img.convert("L" if img.mode in ("LA", "La") else "RGB")
+        img = img.convert("L" if img.mode == "LA" else "RGB")
     elif img.mode not in ("RGB", "L"):
         img = img.convert("RGB")
     return img, alpha
