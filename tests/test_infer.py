@@ -12,7 +12,7 @@ from PIL import Image
 
 from srctl import model as M
 from srctl.errors import SrctlError
-from srctl.infer import PyfuncModel, engine, infer, open_image, output_paths
+from srctl.infer import PyfuncModel, engine, infer, many_inputs, open_image, output_paths
 from srctl.upscale import upscale_image
 
 from conftest import BSDS300, DATASETS, flat_error, srctl_cli
@@ -48,6 +48,18 @@ def test_output_paths_rules(tmp_path, photo):
         output_paths([photo], photo, 3, force=True)
     with pytest.raises(SrctlError, match="exists; pass --force"):
         output_paths([photo], other, 3)
+    # -o is a folder when its name ends with / or the arguments named a folder or a pattern
+    assert output_paths([photo], f"{tmp_path}/new/", 3) == [tmp_path / "new" / "photo.png"]
+    assert output_paths([photo], tmp_path / "new", 3, many=True) == [tmp_path / "new" / "photo.png"]
+    with pytest.raises(SrctlError, match="no image format by that suffix"):
+        output_paths([photo], tmp_path / "new", 3)
+    with pytest.raises(SrctlError, match="names an image, but the inputs are several"):
+        output_paths([photo, other], tmp_path / "x.png", 3)
+    assert not (tmp_path / "new").exists() and not (tmp_path / "x.png").exists()
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    assert many_inputs([str(folder)]) and many_inputs([f"{tmp_path}/*.jpg"])
+    assert many_inputs([str(photo), str(other)]) and not many_inputs([str(photo)])
 
 
 def test_infer_batch_keeps_going_past_a_bad_file(tmp_path, photo, model_dir):
@@ -58,6 +70,9 @@ def test_infer_batch_keeps_going_past_a_bad_file(tmp_path, photo, model_dir):
     assert failed == 1
     assert Image.open(tmp_path / "out" / "photo.png").size == (481 * 3, 321 * 3)
     assert not (tmp_path / "out" / "broken.png").exists()
+    # a folder that cannot be made (a file is in the way): one line
+    with pytest.raises(SrctlError, match="photo.jpg/out: cannot make the folder"):
+        infer([photo, bad], engine(model_dir, precision="fp32"), photo / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "photo.png"
     ]  # no temp files left
@@ -90,6 +105,16 @@ def test_cli_unknown_run_is_one_line_error(tmp_path, photo, monkeypatch):
     assert res.stderr.startswith("error: cannot load model runs:/0123456789abcdef/model")
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
     assert not (tmp_path / "photo_x3.png").exists()
+
+
+def test_cli_output_is_a_folder_for_a_folder_even_of_one_picture(tmp_path, photo, model_dir):
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    photo.rename(shots / photo.name)
+    args = ("infer", "--model-dir", str(model_dir), str(shots), "-o", "out")
+    res = srctl_cli(*args, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert Image.open(tmp_path / "out" / "photo.png").size == (481 * 3, 321 * 3)
 
 
 def test_cli_model_dir_needs_no_mlflow(tmp_path, photo, model_dir):
@@ -338,7 +363,7 @@ def test_folders_globs_and_batches(tmp_path, model_dir, capsys):
         assert (batched != alone).mean() < 0.001
 
 
-def test_icc_profile_kept_and_output_format_from_the_name(tmp_path, model_dir):
+def test_icc_profile_kept_and_output_format_from_the_name(tmp_path, model_dir, capsys):
     from PIL import ImageCms
 
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -356,6 +381,8 @@ def test_icc_profile_kept_and_output_format_from_the_name(tmp_path, model_dir):
     assert "icc_profile" not in Image.open(tmp_path / "lab.png").info
     rgba = tmp_path / "alpha.png"
     Image.new("RGBA", (8, 8)).save(rgba)
-    # JPEG has no alpha: a clear error, no file
-    assert infer([rgba], engine(model_dir, precision="fp32"), tmp_path / "alpha.jpg") == 1
-    assert not (tmp_path / "alpha.jpg").exists()
+    # JPEG keeps no alpha: the colours are written, and the line says so
+    assert infer([rgba], engine(model_dir, precision="fp32"), tmp_path / "alpha.jpg") == 0
+    assert "alpha dropped: .jpg keeps none" in capsys.readouterr().out
+    jpeg = Image.open(tmp_path / "alpha.jpg")
+    assert jpeg.mode == "RGB" and jpeg.size == (24, 24)

@@ -107,6 +107,9 @@ def test_export_never_overwrites_what_it_was_not_told_to(logged_model_store, tmp
     assert kept.read_bytes() == b"someone's file"
     res = srctl_cli(*args, str(tmp_path), cwd=store)
     assert res.returncode == 1 and f"{tmp_path}: is a folder; -o names the .onnx file" in res.stderr
+    res = srctl_cli(*args, str(kept / "m.onnx"), cwd=store)  # a file where its folder would be
+    want = "cannot write there (a file is where its folder would be)"
+    assert res.returncode == 1 and res.stderr == f"error: {kept / 'm.onnx'}: {want}\n"
     assert srctl_cli(*args, str(kept), "--force", cwd=store).returncode == 0
     assert kept.stat().st_size > 1000
     (tmp_path / "cut.png").write_bytes(before[:300])

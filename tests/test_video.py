@@ -89,12 +89,11 @@ def test_size_resizes_every_frame_as_infer_does(clip, tmp_path):
 
 def test_default_h264_and_bad_inputs_through_the_cli(clip, tmp_path, logged_model_store):
     store, run_id = logged_model_store
-    res = srctl_cli(
-        "video", str(clip), "-o", str(tmp_path / "o.mp4"), "--run-id", run_id, cwd=store
-    )
+    # -o a folder (its name ends with /): <stem>_x3.mp4 in it
+    res = srctl_cli("video", str(clip), "-o", f"{tmp_path}/o/", "--run-id", run_id, cwd=store)
     assert res.returncode == 0, res.stderr
     assert "10 frames, 144x96" in res.stdout
-    with av.open(str(tmp_path / "o.mp4")) as f:
+    with av.open(str(tmp_path / "o" / "clip_x3.mp4")) as f:
         assert f.streams.video[0].codec_context.name == "h264" and f.streams.video[0].width == 144
 
     bad = tmp_path / "bad.mp4"
@@ -103,16 +102,16 @@ def test_default_h264_and_bad_inputs_through_the_cli(clip, tmp_path, logged_mode
     assert res.returncode == 1 and res.stderr.startswith(f"error: {bad}: not a readable video")
     assert len(res.stderr.strip().splitlines()) == 1
     # no output (the input fails before one is opened): test_failure_mid_encode_leaves_no_file
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4", "o.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4", "o"]
 
     res = srctl_cli("video", str(tmp_path), "--run-id", run_id, cwd=store)
     assert res.returncode == 1 and res.stderr == f"error: {tmp_path}: is a folder, not a video\n"
 
-    out = tmp_path / "o"  # no suffix: no format
+    out = tmp_path / "o2"  # no suffix: no format
     res = srctl_cli("video", str(clip), "-o", str(out), "--run-id", run_id, cwd=store)
     assert res.returncode == 1 and res.stderr.startswith(f"error: {out}: no video format by")
     assert len(res.stderr.strip().splitlines()) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4", "o.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4", "o"]
 
 
 @pytest.mark.parametrize(
@@ -122,6 +121,8 @@ def test_default_h264_and_bad_inputs_through_the_cli(clip, tmp_path, logged_mode
         ("out.mp5", "libx264", "no video format by that name's suffix"),
         ("out.mp4", "x264", "--codec x264: not a video encoder"),  # no such encoder
         ("out.mp4", "aac", "--codec aac: not a video encoder"),  # an audio one
+        ("out.mkv", "png", "'matroska' format does not support 'png' codec"),
+        ("out.webm", "libvpx-vp9", "'webm' format does not support 'aac' codec"),  # the audio's
     ],
 )
 def test_bad_output_format_or_codec_is_an_error_before_any_file(
@@ -129,6 +130,12 @@ def test_bad_output_format_or_codec_is_an_error_before_any_file(
 ):
     with pytest.raises(SrctlError, match=message):
         upscale_video(clip, tmp_path / name, M.ESPCN(3).eval(), codec=codec)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_size_too_small_for_420_is_an_error(clip, tmp_path):
+    with pytest.raises(SrctlError, match="libx264's 4:2:0 needs sides of 2 pixels at least"):
+        upscale_video(clip, tmp_path / "thin.mp4", M.ESPCN(3).eval(), size=(None, 1))
     assert list(tmp_path.iterdir()) == []
 
 

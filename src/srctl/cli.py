@@ -80,12 +80,13 @@ def infer(
     run_id: str | None = RUN_ID,
     model: str | None = MODEL,
     model_dir: Path | None = MODEL_DIR,
-    output: Path | None = typer.Option(
+    output: str | None = typer.Option(
         None,
         "-o",
         "--output",
         show_default="<stem>_x<scale>.png beside each input",
-        help="Output file (one input; its extension picks the format) or folder (several).",
+        help="Output file (one input; its extension picks the format) or folder (several inputs, "
+        "a folder or a pattern, or a name ending with /): <stem>.png in it.",
     ),
     force: bool = FORCE,
     device: str | None = DEVICE,
@@ -109,7 +110,7 @@ def infer(
     folder = registry.model_folder(run_id, model, model_dir)
     progress = _progress(quiet)
     run = I.engine(folder, device, precision, tile, target, progress)
-    failed = I.infer(paths, run, output, force, progress)
+    failed = I.infer(paths, run, output, force, progress, I.many_inputs(images))
     if failed:
         raise SrctlError(f"{failed} of {len(paths)} images failed")
 
@@ -117,11 +118,12 @@ def infer(
 @app.command()
 def video(
     src: Path = typer.Argument(..., help="Input video (anything FFmpeg reads)."),
-    output: Path | None = typer.Option(
+    output: str | None = typer.Option(
         None,
         "-o",
         "--output",
-        help="Output video.",
+        help="Output video; its suffix picks the container. A folder (it exists, or the name ends "
+        "with /): <stem>_x<scale>.mp4 in it.",
         show_default="<stem>_x<scale>.mp4 beside the input",
     ),
     run_id: str | None = RUN_ID,
@@ -272,7 +274,7 @@ def promote(
 
 @app.command()
 def export(
-    output: Path = typer.Option(..., "-o", "--output", help="Where to write the .onnx file."),
+    output: str = typer.Option(..., "-o", "--output", help="Where to write the .onnx file."),
     fmt: str = typer.Option("onnx", "--format", help="onnx (the only one for now)."),
     run_id: str | None = RUN_ID,
     model: str | None = MODEL,
@@ -322,8 +324,12 @@ def benchmark(
 @app.command()
 def compare(
     image: Path = typer.Argument(..., help="A (small) image to upscale."),
-    output: Path | None = typer.Option(
-        None, "-o", "--output", show_default="<stem>_compare.png beside it"
+    output: str | None = typer.Option(
+        None,
+        "-o",
+        "--output",
+        help="Output image, or a folder (it exists, or the name ends with /).",
+        show_default="<stem>_compare.png beside it",
     ),
     run_id: str | None = RUN_ID,
     model: str | None = MODEL,

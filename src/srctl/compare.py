@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from srctl import model as M
-from srctl.infer import open_image, output_paths, save_image
+from srctl.infer import check_outputs, image_file, is_folder, open_image, save_image
 from srctl.pictures import rgb
 from srctl.upscale import upscale_image
 
@@ -35,16 +35,19 @@ def compare_picture(net: M.ESPCN, img: Image.Image, zoom: int = 3) -> Image.Imag
 
 
 def write_comparison(
-    image: Path, output: Path | None, force: bool, load_net: Callable[[], M.ESPCN]
+    image: Path, output: str | Path | None, force: bool, load_net: Callable[[], M.ESPCN]
 ) -> tuple[Path, Image.Image]:
     """The comparison picture of `image`, written to `output` (default: <stem>_compare.png beside
-    it).
+    it; in `output` if that is a folder).
 
     The image and the output path are checked before `load_net` fetches the model."""
     img = open_image(image)
-    dst = output or image.with_name(f"{image.stem}_compare.png")
-    # the same refusals as infer: never the input, no clobbering
-    output_paths([image], dst, 1, force)
+    name = f"{image.stem}_compare.png"
+    if output is None or is_folder(output):
+        dst = Path(output) / name if output else image.with_name(name)
+    else:
+        dst = image_file(output)
+    check_outputs([image], [dst], force)  # the same refusals as infer
     sheet = compare_picture(load_net(), img)
     save_image(sheet, dst)
     return dst, sheet

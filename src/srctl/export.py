@@ -13,7 +13,7 @@ from srctl import params as P
 from srctl.color import y_channel
 from srctl.errors import SrctlError
 from srctl.files import atomic_path
-from srctl.infer import output_paths
+from srctl.infer import check_outputs, is_folder
 from srctl.pictures import decode_image, rgb
 from srctl.upscale import receptive_radius, upscale_float
 
@@ -27,7 +27,7 @@ def default_check_image() -> Path:
 
 
 def export_onnx(
-    path: Path, check_image: Path, force: bool, load_net: Callable[[], M.ESPCN]
+    path: str | Path, check_image: Path, force: bool, load_net: Callable[[], M.ESPCN]
 ) -> tuple[M.ESPCN, float]:
     """Write `path`: input `y` [N, 1, H, W] float 0..1 (any N, H, W) -> `y_sr` [N, 1, sH, sW].
 
@@ -38,9 +38,10 @@ def export_onnx(
 
     y = torch.from_numpy(y_channel(rgb(decode_image(check_image, str(check_image)))))
     y = y.float().div(255)[None, None]
-    if path.is_dir():
+    if is_folder(path):
         raise SrctlError(f"{path}: is a folder; -o names the .onnx file to write")
-    output_paths([check_image], path, 1, force)
+    path = Path(path)
+    check_outputs([check_image], [path], force)
     net = load_net().cpu().eval()
     dims = {
         0: torch.export.Dim("n", min=1, max=1024),

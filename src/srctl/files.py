@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from srctl.errors import SrctlError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -22,10 +24,15 @@ def _umask() -> int:
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary sibling of `path` (same suffix: writers pick the format), renamed on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}"
-    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}"
+        )
+    except OSError as exc:  # a read-only, missing or non-folder parent: one line, not a traceback
+        file_in_the_way = isinstance(exc, FileExistsError | NotADirectoryError)
+        why = "a file is where its folder would be" if file_in_the_way else exc.strerror or exc
+        raise SrctlError(f"{path}: cannot write there ({why})") from exc
     os.close(fd)
     tmp = Path(tmp)
     tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; the result should look like any other file

@@ -73,9 +73,7 @@ def check_path(path: Path, folder: str = "is a folder with no images in it") -> 
     if path.is_dir():
         raise SrctlError(f"{path}: {folder}")
     if not path.exists():
-        raise SrctlError(
-            f"{path}: no such file" + (" matches" if any(c in path.name for c in "*?[") else "")
-        )
+        raise SrctlError(f"{path}: no such file" + (" matches" if is_pattern(path.name) else ""))
 
 
 def check_inputs(paths: list[Path]) -> None:
@@ -95,35 +93,45 @@ def open_image(path: Path) -> Image.Image:
     return decode_image(path, str(path))
 
 
-def save_image(img: Image.Image, path: Path, icc_profile: bytes | None = None) -> None:
-    """Write atomically (temporary name, then rename), in the format the extension names."""
+def save_image(img: Image.Image, path: Path, icc_profile: bytes | None = None) -> Image.Image:
+    """Write atomically (temporary name, then rename), in the format the extension names; returns
+    what was written: `img`, or its colours alone where the format keeps no alpha (JPEG)."""
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    # PNG at zlib level 1: ~3x faster to write than Pillow's default 6; files ~40% larger on photos
+    options = {"format": fmt, "icc_profile": icc_profile}
+    options.update(compress_level=1) if fmt == "PNG" else None
     try:
         with atomic_path(path) as tmp:
-            fmt = Image.registered_extensions().get(path.suffix.lower())
-            # PNG at zlib level 1: ~3x faster to write than Pillow's default 6; files ~40% larger on
-            # photos
-            img.save(
-                tmp,
-                format=fmt,
-                icc_profile=icc_profile,
-                **({"compress_level": 1} if fmt == "PNG" else {}),
-            )
+            try:
+                img.save(tmp, **options)
+            except OSError as exc:  # "cannot write mode RGBA as JPEG"
+                if img.mode not in ("RGBA", "LA") or "cannot write mode" not in str(exc):
+                    raise
+                img = img.convert(img.mode[:-1])
+                img.save(tmp, **options)
     except (ValueError, OSError, KeyError) as exc:
         raise SrctlError(f"{path}: cannot write ({exc})") from exc
+    return img
 
 
-def output_paths(
-    inputs: list[Path], output: Path | None, scale: int, force: bool = False
-) -> list[Path]:
-    """Where each input's result goes; never an input, nor (without `force`) an existing file."""
-    if len(inputs) == 1 and not (output and output.is_dir()):
-        outs = [output or inputs[0].with_name(f"{inputs[0].stem}_x{scale}.png")]
-    elif output:
-        if output.exists() and not output.is_dir():
-            raise SrctlError(f"{output}: with several inputs, -o must name a folder")
-        outs = [output / f"{p.stem}.png" for p in inputs]
-    else:
-        outs = [p.with_name(f"{p.stem}_x{scale}.png") for p in inputs]
+def is_folder(output: str | Path, many: bool = False) -> bool:
+    """Whether `-o` names a folder: it is one, its name ends with '/', or the inputs are `many`."""
+    return many or str(output).endswith(("/", os.sep)) or Path(output).is_dir()
+
+
+def image_file(output: str | Path) -> Path:
+    """`-o` as an image file: its suffix must name a format Pillow writes."""
+    path = Path(output)
+    if Image.registered_extensions().get(path.suffix.lower()) not in Image.SAVE:
+        raise SrctlError(
+            f"{output}: no image format by that suffix (.png, .jpg, .webp, ...); "
+            "a folder's name ends with /"
+        )
+    return path
+
+
+def check_outputs(inputs: list[Path], outs: list[Path], force: bool = False) -> list[Path]:
+    """`outs` unless one is an input, two are the same, or (without `force`) one exists."""
     resolved_inputs = {p.resolve() for p in inputs}
     seen: set[Path] = set()
     for out in outs:
@@ -138,6 +146,42 @@ def output_paths(
     return outs
 
 
+def output_paths(
+    inputs: list[Path],
+    output: str | Path | None,
+    scale: int,
+    force: bool = False,
+    many: bool | None = None,
+) -> list[Path]:
+    """Where each input's result goes: <stem>_x<scale>.png beside it without `output`; <stem>.png
+    in `output` when that is a folder (see is_folder; `many`: the arguments named several
+    pictures, a folder or a pattern, by default when there are several inputs); else the file
+    `output`. Never an input, nor (without `force`) an existing file."""
+    many = len(inputs) > 1 if many is None else many
+    if output is None:
+        outs = [p.with_name(f"{p.stem}_x{scale}.png") for p in inputs]
+    elif is_folder(output, many):
+        folder = Path(output)
+        if folder.exists() and not folder.is_dir():
+            raise SrctlError(f"{output}: with several inputs, -o must name a folder")
+        if not folder.exists() and folder.suffix.lower() in Image.registered_extensions():
+            raise SrctlError(f"{output}: names an image, but the inputs are several: name a folder")
+        outs = [folder / f"{p.stem}.png" for p in inputs]
+    else:
+        outs = [image_file(output)]
+    return check_outputs(inputs, outs, force)
+
+
+def is_pattern(arg: str) -> bool:
+    return any(c in arg for c in "*?[")
+
+
+def many_inputs(args: list[str]) -> bool:
+    """Whether the arguments name several pictures, a folder or a pattern: then -o is a folder,
+    even where they come down to one picture."""
+    return len(args) > 1 or any(Path(a).is_dir() or is_pattern(a) for a in args)
+
+
 def collect_inputs(args: list[str]) -> list[Path]:
     """Files, folders (their images, sorted) and glob patterns, in order, each file once.
 
@@ -150,7 +194,7 @@ def collect_inputs(args: list[str]) -> list[Path]:
             found += sorted(
                 p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
             ) or [path]
-        elif not path.exists() and any(c in arg for c in "*?["):
+        elif not path.exists() and is_pattern(arg):
             found += sorted(Path(m) for m in glob.glob(arg)) or [path]
         else:
             found.append(path)
@@ -207,8 +251,9 @@ class _Report:
         for (src, dst, _, icc), result in zip(batch, results, strict=True):
             try:
                 img = from_array(result)
-                save_image(img, dst, icc)
-                line = f"{src} -> {dst} ({img.width}x{img.height} {img.mode})"
+                saved = save_image(img, dst, icc)
+                line = f"{src} -> {dst} ({img.width}x{img.height} {saved.mode}"
+                line += f", alpha dropped: {dst.suffix} keeps none)" if saved is not img else ")"
                 self.bar.write(line, file=sys.stdout)
             except SrctlError as exc:
                 self.fail(exc)
@@ -218,17 +263,22 @@ class _Report:
 def infer(
     inputs: list[Path],
     run,
-    output: Path | None = None,
+    output: str | Path | None = None,
     force: bool = False,
     progress: bool = False,
+    many: bool | None = None,
 ) -> int:
-    """Upscale every input with `run` (see `engine`); returns how many failed.
+    """Upscale every input with `run` (see `engine`) to output_paths(inputs, output, ..., many);
+    returns how many failed.
 
     Consecutive small images of the same size go through the network as one batch. A file that fails
     is reported on stderr (one line) and skipped; the others are still written."""
-    outs = output_paths(inputs, output, run.scale, force)
-    if output and len(inputs) > 1:
-        output.mkdir(parents=True, exist_ok=True)
+    outs = output_paths(inputs, output, run.scale, force, many)
+    folder = outs[0].parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SrctlError(f"{folder}: cannot make the folder ({exc.strerror or exc})") from exc
     report = _Report(len(inputs), progress)  # the engine adds a bar over a big image's tiles
     # PNG encoding (Pillow lets go of the GIL) overlaps decoding and the next batch's network; one
     # batch is written while the next is computed, no more, so memory stays bounded

@@ -26,7 +26,7 @@ from srctl import model as M
 from srctl.color import rgb_to_yuv420p
 from srctl.errors import SrctlError
 from srctl.files import atomic_path
-from srctl.infer import output_paths
+from srctl.infer import check_outputs, is_folder
 from srctl.pictures import TILE, target_size
 from srctl.upscale import resized, upscale_batch
 
@@ -380,7 +380,7 @@ def _transcode(
 
 def upscale_video(
     src: Path,
-    dst: Path | None,
+    dst: str | Path | None,
     net: M.ESPCN,
     codec: str = "libx264",
     crf: int = 18,
@@ -394,17 +394,18 @@ def upscale_video(
     encoders: int = 1,
     segment_s: float = 2.0,
 ) -> dict:
-    """Write `dst` (default: <stem>_x<scale>.mp4 beside `src`; atomically) with every video frame of
-    `src` upscaled (and resized to `size`, see infer.parse_size; for a 4:2:0 codec an odd last
-    column or row cropped) and its audio track copied; `encoders` > 1 encodes segments of
-    `segment_s` seconds that many at a time (see _Encoder). Returns frames, seconds, fps, size,
-    dst, and busy: the seconds each stage (decode, upscale, gpu, encode) spent working, which tell
-    the one that limits the rest."""
+    """Write `dst` (default: <stem>_x<scale>.mp4 beside `src`, or in `dst` if that is a folder;
+    atomically) with every video frame of `src` upscaled (and resized to `size`, see
+    infer.parse_size; for a 4:2:0 codec an odd last column or row cropped) and its audio track
+    copied; `encoders` > 1 encodes segments of `segment_s` seconds that many at a time (see
+    _Encoder). Returns frames, seconds, fps, size, dst, and busy: the seconds each stage (decode,
+    upscale, gpu, encode) spent working, which tell the one that limits the rest."""
     import av
 
     s, device = net.scale, next(net.parameters()).device
-    dst = dst or src.with_name(f"{src.stem}_x{s}.mp4")
-    output_paths([src], dst, s, force)  # the same refusals as infer: never the input, no clobbering
+    name = f"{src.stem}_x{s}.mp4"
+    dst = Path(dst) / name if dst and is_folder(dst) else Path(dst or src.with_name(name))
+    check_outputs([src], [dst], force)  # the same refusals as infer: never the input, no clobbering
     fmt = _output_format(dst, codec)
     tile = tile or (4096 if device.type == "cuda" else TILE)  # a GPU takes whole frames at once
     if device.type == "cuda":  # leave CPU cores to the decoder and encoder (+6% on an H100)
@@ -419,9 +420,14 @@ def upscale_video(
             frame = target_size(size, *frame, multiple=2) if size else frame
             if _pix_fmt(codec) == "yuv420p":  # 4:2:0 wants even sides: an odd last column or row
                 frame = (frame[0] // 2 * 2, frame[1] // 2 * 2)  # is cropped (resizing blurs all)
-            encoder = _Encoder(
-                out, vin, ain, frame, codec, crf, preset, 4 * batch, busy, encoders, segment_s
-            )
+                if min(frame) == 0:
+                    raise SrctlError(f"{dst}: {codec}'s 4:2:0 needs sides of 2 pixels at least")
+            try:
+                encoder = _Encoder(
+                    out, vin, ain, frame, codec, crf, preset, 4 * batch, busy, encoders, segment_s
+                )
+            except ValueError as exc:  # "'webm' format does not support 'aac' codec"
+                raise SrctlError(f"{dst}: {exc}; choose another --codec or suffix") from exc
             # yuv420p on a GPU (it halves the bytes copied back); a CPU leaves it to swscale in the
             # encoder's thread: 80 1080p frames/s against PyTorch's 15 (EPYC, video_stages.py)
             yuv = encoder.yuv and device.type == "cuda"
