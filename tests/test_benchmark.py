@@ -39,6 +39,21 @@ def test_bicubic_rows_reproduce_the_literature_and_absent_sets_are_reported(tmp_
     )
 
 
+def test_nothing_to_score_or_no_run_to_log_into_is_an_error_before_scoring(
+    tmp_path, mlflow_store, monkeypatch
+):
+    from srctl.errors import SrctlError
+
+    # outside a project: the default set folders, from here, are not there
+    with pytest.raises(SrctlError, match="no benchmark set here"):
+        B.benchmark_model(None, None, tmp_path, None, log=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text(f"benchmark: {{sets: {{Set5: {DATASETS / 'Set5'}}}}}\n")
+    monkeypatch.setattr(B, "benchmark", lambda *a: pytest.fail("scored before the checks"))
+    with pytest.raises(SrctlError, match="no run 0123abcd in sqlite"):
+        B.benchmark_model("0123abcd", None, None, None, log=True)
+
+
 def test_srctl_benchmark_scores_a_logged_model_into_its_run(logged_model_store, tmp_path):
     store, run_id = logged_model_store
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # a project whose params.yaml names the sets

@@ -1,8 +1,10 @@
 import os
 
+import pytest
 import torch
 
 from srctl import device as D
+from srctl.errors import SrctlError
 
 
 def test_a_named_device_is_taken_as_named():
@@ -15,6 +17,10 @@ def test_a_named_device_is_taken_as_named():
         else "cpu"
     )
     assert D.pick_device() == torch.device(native)
+    # a name this machine has no device for, or no device's name: one line, not torch's traceback
+    for name, reason in [("cuda:99", "has no such device"), ("bogus", "not a device name")]:
+        with pytest.raises(SrctlError, match=f"--device {name}: .*{reason}"):
+            D.pick_device(name)
 
 
 def test_precision_as_asked_else_what_the_hardware_computes_natively():

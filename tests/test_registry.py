@@ -68,6 +68,8 @@ def test_model_uri_rejects_ambiguous_or_malformed(run_id, model):
 def test_unknown_run_is_a_clear_error(mlflow_store):
     with pytest.raises(SrctlError, match="cannot load model runs:/0123/model"):
         registry.fetch_model("runs:/0123/model")
+    with pytest.raises(SrctlError, match="no run 0123 in sqlite"):
+        registry.check_run("0123")
 
 
 def test_unreachable_tracking_server_fails_before_training(prepared_dir, tmp_path, monkeypatch):
@@ -86,6 +88,9 @@ def test_unreachable_tracking_server_fails_before_training(prepared_dir, tmp_pat
             tiny_params(), prepared_dir, tmp_path / "m", tmp_path / "metrics", tmp_path / "run.json"
         )
     assert not (tmp_path / "m").exists() and not (tmp_path / "metrics").exists()  # nothing trained
+    # nor does any other use of the store wait on MLflow's retries (minutes): runs, promote, ...
+    with pytest.raises(SrctlError, match="is unreachable \\(ConnectionError\\)"):
+        registry.list_runs()
 
 
 def test_a_fetched_run_model_is_cached_and_then_needs_no_store(tmp_path, mlflow_store, monkeypatch):

@@ -14,7 +14,7 @@ from PIL import Image
 from srctl import model as M
 from srctl import registry
 
-from conftest import DATASETS, serve_champion, stop_server, tiny_params
+from conftest import DATASETS, serve_champion, srctl_cli, stop_server, tiny_params
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +100,10 @@ def test_too_many_bytes_is_4xx(server):
     noise.save(buf, format="BMP")
     res = _post(server, buf.getvalue())
     assert res.status_code == 400 and "request over 1500000 bytes" in res.json()["message"]
+
+
+def test_an_unknown_model_is_one_line_before_any_server(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    res = srctl_cli("serve", "--run-id", "0123abcd", "--port", "1", cwd=tmp_path)
+    assert res.returncode == 1 and res.stderr.startswith("error: no run 0123abcd in sqlite")
+    assert len(res.stderr.strip().splitlines()) == 1 and "serving" not in res.stderr

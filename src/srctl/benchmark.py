@@ -28,17 +28,20 @@ def set_folders(params: P.Params, root: Path) -> dict[str, Path]:
     return {name: root / folder for name, folder in params.benchmark.sets.items()}
 
 
+def _pictures(folder: Path) -> list[Path]:
+    """The set's pictures, sorted; none if the folder is missing."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def benchmark(net: M.ESPCN, sets: dict[str, Path]) -> dict[str, dict | None]:
     """Per set, with clean LR inputs (`Set5`) and with LR inputs saved as a messenger's JPEG
     (`Set5-jpeg50`): mean PSNR/SSIM of the model and of bicubic, and the image count; None if
     absent."""
     results: dict[str, dict | None] = {}
     for name, folder in sets.items():
-        paths = (
-            sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if folder.is_dir()
-            else []
-        )
+        paths = _pictures(folder)
         for suffix, quality in (("", None), (JPEG, MESSENGER_QUALITY)):
             results[name + suffix] = (
                 {**evaluate(net, paths, quality=quality)[0], "images": len(paths)}
@@ -84,13 +87,18 @@ def benchmark_model(
 ) -> str:
     """`srctl benchmark`: the report for the model the user named; its numbers are logged into the
     MLflow run that made it (unless `log` is off or the model is a plain folder)."""
-    source = None if model_dir else registry.run_of(registry.chosen_model_uri(run_id, model))
-    net = M.load(registry.model_folder(run_id, model, model_dir), pick_device(device))
     try:
         params, root = P.load(), P.repo_root()
     except SrctlError:  # outside a project checkout: the default set folders, from here
         params, root = P.Params(), Path.cwd()
     sets = set_folders(params, root)
+    if not any(_pictures(folder) for folder in sets.values()):
+        found = ", ".join(str(folder) for folder in sets.values())
+        raise SrctlError(f"no benchmark set here (no images in {found}): run it in the project")
+    source = None if model_dir else registry.run_of(registry.chosen_model_uri(run_id, model))
+    if log and source:
+        registry.check_run(source)  # before the scoring, not after it
+    net = M.load(registry.model_folder(run_id, model, model_dir), pick_device(device))
     results = benchmark(net, sets)
     if log and source:
         registry.log_evaluation(source, flat(results), {})

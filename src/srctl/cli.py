@@ -197,6 +197,7 @@ def serve(
     from srctl import registry
 
     uri = registry.chosen_model_uri(run_id, model)
+    registry.check_run(registry.run_of(uri))  # a one-line error, not the server's traceback
     typer.echo(f"serving {uri} on http://{host}:{port}/invocations", err=True)
     registry.serve(uri, host, port)
 
@@ -219,6 +220,9 @@ def runs(
     from srctl import registry
 
     rows = registry.list_runs(experiment, sort)
+    if not rows:
+        typer.echo(f"no runs in {registry.tracking_uri()}")
+        return
     table = Table(
         "run id",
         "date",

@@ -4,16 +4,34 @@ from __future__ import annotations
 
 import torch
 
+from srctl.errors import SrctlError
+
 
 def pick_device(name: str | None = None) -> torch.device:
     """The device called `name` (cpu, cuda, cuda:1, mps); else the GPU if any; else the CPU."""
     if name:
-        return torch.device(name)
+        return _named(name)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _named(name: str) -> torch.device:
+    """`name` as a device this machine has, or a one-line error."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise SrctlError(f"--device {name}: not a device name (cpu, cuda, cuda:1, mps)") from exc
+    have = {
+        "cpu": lambda: True,
+        "cuda": lambda: (device.index or 0) < torch.cuda.device_count(),
+        "mps": torch.backends.mps.is_available,
+    }.get(device.type)
+    if not (have and have()):
+        raise SrctlError(f"--device {name}: this machine has no such device")
+    return device
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:

@@ -44,7 +44,9 @@ def quiet() -> None:
 
 
 def _mlflow():
-    """Import MLflow lazily (it costs seconds) and point it at this project's store."""
+    """Import MLflow lazily (it costs seconds) and point it at this project's store, once it is
+    known to answer."""
+    check_reachable()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
@@ -73,19 +75,25 @@ def _git_commit(root: Path) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+_REACHED: set[str] = set()  # the servers that have answered this process
+
+
 def check_reachable() -> None:
-    """Fail in seconds, not after an hour of training, when a tracking server does not answer."""
+    """Fail in seconds when a tracking server does not answer: not after an hour of training, nor
+    after MLflow's own retries (minutes of silence)."""
     uri = tracking_uri()
-    if not uri.startswith(("http://", "https://")):
+    if not uri.startswith(("http://", "https://")) or uri in _REACHED:
         return
     import requests
 
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=10).raise_for_status()
+        _REACHED.add(uri)
     except requests.RequestException as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        # urllib3's text is a paragraph: the kind of failure says enough (refused, timed out, 404)
+        why = f"HTTP {exc.response.status_code}" if exc.response is not None else type(exc).__name__
         raise SrctlError(
-            f"MLflow tracking server {uri} is unreachable ({first}); check MLFLOW_TRACKING_URI"
+            f"MLflow tracking server {uri} is unreachable ({why}); check MLFLOW_TRACKING_URI"
         ) from exc
 
 
@@ -134,7 +142,6 @@ def training_run(
 
     `parent_run_id`: the run whose model it starts from (train.init), shown as its parent in the
     UI; `extra`: (folder list, content hash) of the user's own pictures, a second dataset input."""
-    check_reachable()
     mlflow = _mlflow()
     exp_name = os.environ.get("DVC_EXP_NAME")
     tags = {"dataset_sha256": dataset_sha256, "scale": str(params.scale), "arch": params.train.arch}
@@ -330,6 +337,15 @@ def run_of(uri: str) -> str:
     except mlflow.exceptions.MlflowException as exc:
         raise SrctlError(f"no model {uri} in {tracking_uri()}") from exc
     return mv.run_id
+
+
+def check_run(run_id: str) -> None:
+    """A one-line error unless the tracking store has the run `run_id`."""
+    mlflow = _mlflow()
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        raise SrctlError(f"no run {run_id} in {tracking_uri()}") from exc
 
 
 def init_model(ref: str) -> tuple[Path, str]:
