@@ -55,6 +55,7 @@ def test_output_paths_rules(tmp_path, photo):
         output_paths([photo], tmp_path / "new", 3)
     with pytest.raises(SrctlError, match="names an image, but the inputs are several"):
         output_paths([photo, other], tmp_path / "x.png", 3)
+    assert output_paths([photo], f"{tmp_path}/x.png/", 3) == [tmp_path / "x.png" / "photo.png"]
     assert not (tmp_path / "new").exists() and not (tmp_path / "x.png").exists()
     folder = tmp_path / "shots"
     folder.mkdir()

@@ -99,7 +99,8 @@ def save_image(img: Image.Image, path: Path, icc_profile: bytes | None = None) -
     fmt = Image.registered_extensions().get(path.suffix.lower())
     # PNG at zlib level 1: ~3x faster to write than Pillow's default 6; files ~40% larger on photos
     options = {"format": fmt, "icc_profile": icc_profile}
-    options.update(compress_level=1) if fmt == "PNG" else None
+    if fmt == "PNG":
+        options["compress_level"] = 1
     try:
         with atomic_path(path) as tmp:
             try:
@@ -163,8 +164,8 @@ def output_paths(
     elif is_folder(output, many):
         folder = Path(output)
         if folder.exists() and not folder.is_dir():
-            raise SrctlError(f"{output}: with several inputs, -o must name a folder")
-        if not folder.exists() and folder.suffix.lower() in Image.registered_extensions():
+            raise SrctlError(f"{output}: is a file; -o must name a folder here")
+        if not is_folder(output) and folder.suffix.lower() in Image.registered_extensions():
             raise SrctlError(f"{output}: names an image, but the inputs are several: name a folder")
         outs = [folder / f"{p.stem}.png" for p in inputs]
     else:
