@@ -81,6 +81,7 @@ def test_export_onnx_checked_with_onnxruntime(logged_model_store, tmp_path):
         cwd=store,
     )
     assert res.returncode == 0, res.stderr
+    assert len(res.stdout.splitlines()) == 1 and "[torch.onnx]" not in res.stdout + res.stderr
     diff = float(res.stdout.rsplit("max abs diff ", 1)[1])
     assert diff < 1e-4
     session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))

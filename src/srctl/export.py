@@ -58,6 +58,7 @@ def export_onnx(
             dynamic_shapes={"y": dims},
             dynamo=True,
             external_data=False,
+            verbose=False,  # no "[torch.onnx] ..." progress lines among the command's output
         )
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         got = session.run(None, {"y": y.numpy()})[0]
