@@ -48,6 +48,15 @@ def test_repo_params_load_and_flatten():
         ("train: {lr: 0}", "train.lr must be > 0, got 0"),
         ("prepare: {max_train_images: -1}", "prepare.max_train_images must be >= 0, got -1"),
         ("download: {retries: 0}", "download.retries must be >= 1, got 0"),
+        ("scale: three", "'scale' must be int"),
+        ("colour: 1", "unknown key(s) in the top level: colour"),
+        ("train: {lr_final: 0.01}", "train.lr_final must be <= train.lr, got 0.01"),
+        ("train: {lr: 1e-6}", "train.lr_final must be <= train.lr, got 1e-05"),  # read as a float
+        ("train: {lr: 1e-3x}", "'train.lr' must be float, got '1e-3x'"),
+        ("register: {model_name: ''}", "register.model_name must be a name without / or :"),
+        ("register: {model_name: my/model}", "register.model_name must be a name without / or :"),
+        ("register: {alias: ''}", "register.alias must be letters, digits, _ or -"),
+        ("register: {alias: v2}", "register.alias must be letters, digits, _ or -"),
     ],
 )
 def test_bad_params_are_one_line_errors(tmp_path, text, message):
@@ -55,6 +64,14 @@ def test_bad_params_are_one_line_errors(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(SrctlError, match=re.escape(message)):
         P.load(path)
+
+
+def test_floats_in_scientific_notation_are_floats(tmp_path):
+    """YAML 1.1 reads 1e-06 (how DVC's -S writes 0.000001) as a string; a float param takes it."""
+    path = tmp_path / "params.yaml"
+    path.write_text("train: {lr: 5e-4, lr_final: 1e-06}")
+    params = P.load(path)
+    assert params.train.lr == 0.0005 and params.train.lr_final == 0.000001
 
 
 def test_project_root_and_repo_root_in_an_experiments_temp_copy(tmp_path, monkeypatch):

@@ -148,3 +148,16 @@ def test_bad_folders_of_your_pictures_are_one_line_errors(raw_dir, tmp_path):
         with pytest.raises(SrctlError, match=message):
             prepare(raw_dir, tmp_path / "out", P.Params(), [mine / "big.png", mine / bad])
         assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_a_damaged_prepared_file_is_one_line(tmp_path):
+    import pytest
+
+    from srctl.errors import SrctlError
+
+    for name, data in (("garbage", b"garbage\n"), ("cut", b"\x40\x00\x00\x00\x00\x00\x00\x00{")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "train.safetensors").write_bytes(data)
+        with pytest.raises(SrctlError, match="train.safetensors: damaged .*run the prepare stage"):
+            load_split(folder, "train")

@@ -65,6 +65,12 @@ def test_model_uri_rejects_ambiguous_or_malformed(run_id, model):
         registry.model_uri(run_id, model)
 
 
+def test_promote_refuses_an_alias_the_registry_would_not_take(mlflow_store):
+    for alias in ("", "a b/c", "latest"):
+        with pytest.raises(SrctlError, match="register.alias must be letters, digits, _ or -"):
+            registry.promote("espcn-x3/1", alias)
+
+
 def test_unknown_run_is_a_clear_error(mlflow_store):
     with pytest.raises(SrctlError, match="cannot load model runs:/0123/model"):
         registry.fetch_model("runs:/0123/model")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,16 +207,34 @@ def repo_root() -> Path:
     return root
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def check_register_names(model_name: str, alias: str) -> None:
+    """Names the Model Registry takes: a model name without / or :, an alias of letters, digits,
+    _ and - (not `latest`, nor a version's v1, v2...). A one-line error before any stage."""
+    if not model_name or any(c in model_name for c in "/:"):
+        raise SrctlError(f"register.model_name must be a name without / or :, got {model_name!r}")
+    if not re.fullmatch(r"[\w-]+", alias) or alias == "latest" or re.fullmatch(r"v\d+", alias):
+        raise SrctlError(
+            f"register.alias must be letters, digits, _ or - (not latest or v<N>), got {alias!r}"
+        )
+
+
 def _build(cls, values: dict, where: str):
     if not isinstance(values, dict):
         raise SrctlError(f"params.yaml: '{where}' must be a mapping")
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise SrctlError(f"params.yaml: unknown key(s) in '{where}': {', '.join(unknown)}")
+        section = "the top level" if where == "params" else f"'{where}'"
+        raise SrctlError(f"params.yaml: unknown key(s) in {section}: {', '.join(unknown)}")
     kwargs = {}
     for name, value in values.items():
         default = getattr(cls(), name)
+        key = name if where == "params" else f"{where}.{name}"
+        if isinstance(default, float) and isinstance(value, str) and _FLOAT.fullmatch(value):
+            value = float(value)  # YAML 1.1 reads 1e-06 (as DVC's -S writes it) as a string
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, name)
         elif (
@@ -226,7 +245,7 @@ def _build(cls, values: dict, where: str):
             kwargs[name] = float(value)
         elif type(value) is not type(default):
             raise SrctlError(
-                f"params.yaml: '{where}.{name}' must be {type(default).__name__}, got {value!r}"
+                f"params.yaml: '{key}' must be {type(default).__name__}, got {value!r}"
             )
         else:
             kwargs[name] = value
@@ -282,6 +301,8 @@ def _check_ranges(p: Params) -> None:
     for name, value in (("download.timeout_s", p.download.timeout_s), ("train.lr", t.lr)):
         if not value > 0:
             raise SrctlError(f"params.yaml: {name} must be > 0, got {value}")
+    if t.lr_final > t.lr:  # the cosine would rise, not decay
+        raise SrctlError(f"params.yaml: train.lr_final must be <= train.lr, got {t.lr_final}")
 
 
 def load(path: Path | None = None) -> Params:
@@ -324,6 +345,10 @@ def load(path: Path | None = None) -> Params:
             f"({params.train.batch_size}), got {params.train.processes}"
         )
     _check_ranges(params)
+    try:
+        check_register_names(params.register.model_name, params.register.alias)
+    except SrctlError as exc:
+        raise SrctlError(f"params.yaml: {exc}") from None
     if params.scale not in (2, 3, 4):
         raise SrctlError(f"params.yaml: scale must be 2, 3 or 4, got {params.scale}")
     return params

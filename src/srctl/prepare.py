@@ -144,9 +144,13 @@ def load_split(
     path = prepared_dir / f"{split}.safetensors"
     if not path.is_file():
         raise SrctlError(f"{path}: missing; run the prepare stage first")
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        meta = f.metadata()
-        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(meta.pop("srctl", "{}")) | meta
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        return tensors, json.loads(meta.pop("srctl", "{}")) | meta
+    except Exception as exc:  # safetensors raises its own error types for a damaged file
+        raise SrctlError(f"{path}: damaged ({exc}); run the prepare stage again") from exc
 
 
 def main() -> None:

@@ -501,7 +501,8 @@ def promote(target: str, alias: str | None = None) -> dict:
     """Move `alias` (params' register.alias by default) to a model version: NAME/VERSION, or a run
     id (registered first, under params' name for the run's scale, if need be)."""
     params = _project_params()
-    alias = alias or params.register.alias
+    alias = params.register.alias if alias is None else alias
+    P.check_register_names(params.register.model_name, alias)
     mlflow = _mlflow()
     client = mlflow.MlflowClient()
     if "/" in target:
