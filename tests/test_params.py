@@ -28,7 +28,7 @@ def test_repo_params_load_and_flatten():
         ("scale: 5", "scale must be 2, 3 or 4"),
         ("train: [1, 2]", "'train' must be a mapping"),
         ("train: {precision: fp8}", "train.precision must be auto or fp32"),
-        ("train: {compile: off}", "'train.compile' must be str, got False"),
+        ("train: {compile: off}", "'train.compile' must be a word, got False (YAML reads"),
         ("train: {arch: srcnn}", "train.arch must be seed, paper, residual, contrast or deep"),
         ("benchmark: {sets: {Set5: 5}}", "benchmark.sets must map set names to folders"),
         (

@@ -106,6 +106,8 @@ def test_your_pictures_join_the_training_split_as_tiles(raw_dir, tmp_path):
     )
     files = extra_images(params.prepare.extra_train, tmp_path)
     assert [f.name for f in files] == ["big.png", "tall.jpg"]
+    # a folder named twice, or with the folder holding it, adds its pictures once
+    assert extra_images(["data/extra/mine", "data/extra", "data/extra/mine/"], tmp_path) == files
     assert prepare(raw_dir, tmp_path / "out", params, files) == {"train": 4 + 5, "test": 2}
     train, meta = load_split(tmp_path / "out", "train")
     assert train["hr"].shape == (9, 1, 321, 480) and train["lr"].shape == (9, 1, 107, 160)
@@ -132,6 +134,7 @@ def test_bad_folders_of_your_pictures_are_one_line_errors(raw_dir, tmp_path):
     (tmp_path / "elsewhere").mkdir()
     cases = {
         "data/extra/nope": "data/extra/nope: no such folder",
+        "data/extra/mine/big.png": "data/extra/mine/big.png: not a folder",
         "data/extra/empty": "data/extra/empty: no images",
         "elsewhere": "elsewhere is not under data/extra",
     }

@@ -243,6 +243,11 @@ def _build(cls, values: dict, where: str):
             and not isinstance(value, bool)
         ):
             kwargs[name] = float(value)
+        elif isinstance(default, str) and isinstance(value, bool):
+            raise SrctlError(
+                f"params.yaml: '{key}' must be a word, got {value!r} (YAML reads a bare yes, no, "
+                "on or off as true/false)"
+            )
         elif type(value) is not type(default):
             raise SrctlError(
                 f"params.yaml: '{key}' must be {type(default).__name__}, got {value!r}"

@@ -54,12 +54,13 @@ def extra_images(folders: list[str], root: Path) -> list[Path]:
                 "stage depends on; move it there (and `dvc add` it)"
             )
         if not folder.is_dir():
-            raise SrctlError(f"prepare.extra_train: {name}: no such folder")
+            what = "not a folder" if folder.exists() else "no such folder"
+            raise SrctlError(f"prepare.extra_train: {name}: {what}")
         found = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
             raise SrctlError(f"prepare.extra_train: {name}: no images in it")
         files += found
-    return files
+    return list(dict.fromkeys(files))  # a picture in two named folders (one inside the other) once
 
 
 def _tiles(path: Path, w: int, h: int) -> list[Image.Image]:
