@@ -54,7 +54,9 @@ def test_nothing_to_score_or_no_run_to_log_into_is_an_error_before_scoring(
         B.benchmark_model("0123abcd", None, None, None, log=True)
 
 
-def test_srctl_benchmark_scores_a_logged_model_into_its_run(logged_model_store, tmp_path):
+def test_srctl_benchmark_scores_a_logged_model_and_logs_it_with_its_run(
+    logged_model_store, tmp_path
+):
     store, run_id = logged_model_store
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # a project whose params.yaml names the sets
     (tmp_path / "params.yaml").write_text(
@@ -66,9 +68,16 @@ def test_srctl_benchmark_scores_a_logged_model_into_its_run(logged_model_store, 
     assert lines[0] == "| x3 | Set5 | Gone |" and lines[2].startswith("| bicubic | 30.40 / 0.86")
     assert (
         lines[3].startswith(f"| ESPCN (run {run_id[:8]}) |")
-        and lines[-1] == f"Gone: absent (no images in {tmp_path / 'gone'})"
+        and lines[-2] == f"Gone: absent (no images in {tmp_path / 'gone'})"
     )
-    metrics = mlflow.MlflowClient(registry.tracking_uri()).get_run(run_id).data.metrics
+    # the run was logged with params.yaml's default Set5 folder: these scores of another folder go
+    # to a run of their own under it, which holds the folders
+    child = lines[-1].split()[3].rstrip(",")
+    assert lines[-1] == f"logged to run {child}, an evaluation of run {run_id} (other sets)"
+    client = mlflow.MlflowClient(registry.tracking_uri())
+    assert client.get_run(child).data.params["benchmark.sets.Set5"] == str(DATASETS / "Set5")
+    assert "Set5/psnr" not in client.get_run(run_id).data.metrics
+    metrics = client.get_run(child).data.metrics
     assert (
         metrics["Set5/bicubic_psnr"] == pytest.approx(30.40, abs=0.01)
         and metrics["Set5/images"] == 5

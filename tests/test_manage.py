@@ -13,7 +13,9 @@ from conftest import BSDS300, srctl_cli, tiny_params
 
 def test_runs_table_and_promote(logged_model_store):
     store, run_id = logged_model_store
-    registry.log_evaluation(run_id, {"psnr": 27.5, "bicubic_psnr": 27.2, "train_seconds": 12.0}, {})
+    registry.log_evaluation(
+        run_id, {"psnr": 27.5, "bicubic_psnr": 27.2, "train_seconds": 12.0}, {}, {}
+    )
     res = srctl_cli("runs", "--sort", "psnr", cwd=store)
     assert res.returncode == 0, res.stderr
     line = next(line for line in res.stdout.splitlines() if run_id in line)
@@ -22,6 +24,7 @@ def test_runs_table_and_promote(logged_model_store):
     res = srctl_cli("promote", run_id, cwd=store)  # not registered yet: registered, then promoted
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == f"espcn-x3@champion: none -> v1 (run {run_id})"
+    assert res.stderr == ""  # none of MLflow's own lines ("Successfully registered model ...")
     res = srctl_cli("promote", "espcn-x3/1", "--alias", "staging", cwd=store)
     assert res.stdout.startswith("espcn-x3@staging: none -> v1")
     client = mlflow.MlflowClient(registry.tracking_uri())

@@ -17,13 +17,17 @@ from PIL import Image
 from conftest import BSDS300, tiny_project, your_pictures
 
 
+def dvc(cwd: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     repo = tmp_path_factory.mktemp("clone")
     tiny_project(repo)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "DVC_"))}
     env.update(SRCTL_DATA_MIRROR=str(BSDS300), PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
-    res = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    res = dvc(repo, env, "repro")
     assert res.returncode == 0, res.stdout + res.stderr
     return repo, env
 
@@ -46,7 +50,7 @@ def test_repro_writes_every_stage_output(repo):
     bench = json.loads((repo / "metrics" / "benchmark.json").read_text())
     assert bench["scale"] == 3 and bench["Set14"] == {"images": 0} and bench["Set5"]["images"] == 5
     assert bench["Set5"]["bicubic_psnr"] == pytest.approx(30.40, abs=0.01)
-    status = subprocess.run(["dvc", "status"], cwd=repo, env=env, capture_output=True, text=True)
+    status = dvc(repo, env, "status")
     assert "up to date" in status.stdout  # a second `dvc repro` would do nothing
 
 
@@ -134,13 +138,7 @@ def test_dvc_exp_run_is_its_own_mlflow_run_in_the_repo_store(repo):
     repo, env = repo
     import mlflow
 
-    res = subprocess.run(
-        ["dvc", "exp", "run", "-n", "tiny-lr", "-S", "train.lr=0.002"],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    res = dvc(repo, env, "exp", "run", "-n", "tiny-lr", "-S", "train.lr=0.002")
     assert res.returncode == 0, res.stdout + res.stderr
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
     runs = client.search_runs(client.get_experiment_by_name("srctl").experiment_id)
@@ -148,9 +146,7 @@ def test_dvc_exp_run_is_its_own_mlflow_run_in_the_repo_store(repo):
     assert len(runs) == 2 and len(exp_runs) == 1
     assert exp_runs[0].data.params["train.lr"] == "0.002" and "psnr" in exp_runs[0].data.metrics
     assert len(client.search_model_versions("name='espcn-x3'")) == 2
-    diff = subprocess.run(
-        ["dvc", "metrics", "diff", "--json"], cwd=repo, env=env, capture_output=True, text=True
-    )
+    diff = dvc(repo, env, "metrics", "diff", "--json")
     changed = json.loads(diff.stdout)[
         "metrics/benchmark.json"
     ]  # the experiment's numbers vs the commit's
@@ -164,13 +160,7 @@ def test_dvc_exp_run_temp_trains_its_own_params_in_its_copy_into_the_repo_store(
     import mlflow
 
     before = (repo / "models" / "mlflow_run.json").read_text()
-    res = subprocess.run(
-        ["dvc", "exp", "run", "--temp", "-n", "tmp-steps", "-S", "train.steps_per_epoch=7"],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    res = dvc(repo, env, "exp", "run", "--temp", "-n", "tmp-steps", "-S", "train.steps_per_epoch=7")
     assert res.returncode == 0, res.stdout + res.stderr
     assert (repo / "models" / "mlflow_run.json").read_text() == before
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
@@ -248,6 +238,7 @@ def test_fine_tuning_the_champion_on_your_own_pictures(repo, tmp_path):
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "pairs from 9 train (with 2 of your pictures, as tiles)" in res.stdout  # 4 + 5 tiles
+    assert "Warning" not in res.stdout + res.stderr  # MLflow's on the pictures' dataset source
     (tuned,) = client.search_runs(experiment, filter_string="tags.dvc_exp_name = 'mine'")
     assert tuned.info.status == "FINISHED" and tuned.data.tags["mlflow.parentRunId"] == champion
     inputs = {d.dataset.name for d in tuned.inputs.dataset_inputs}
@@ -261,8 +252,7 @@ def test_a_queued_sweep_runs_in_parallel_each_experiment_its_own_mlflow_run(repo
 
     import mlflow
 
-    dvc = lambda *a: subprocess.run(["dvc", *a], cwd=repo, env=env, capture_output=True, text=True)  # noqa: E731
-    res = dvc("exp", "run", "--queue", "-S", "train.lr=0.0011,0.0013")
+    res = dvc(repo, env, "exp", "run", "--queue", "-S", "train.lr=0.0011,0.0013")
     assert res.returncode == 0, res.stdout + res.stderr
     names = [
         line.split("'")[1]
@@ -284,11 +274,11 @@ def test_a_queued_sweep_runs_in_parallel_each_experiment_its_own_mlflow_run(repo
     )
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and any(
-        s in dvc("queue", "status").stdout for s in ("Queued", "Running")
+        s in dvc(repo, env, "queue", "status").stdout for s in ("Queued", "Running")
     ):
         time.sleep(2)
-    status = dvc("queue", "status").stdout
-    dvc("queue", "stop")
+    status = dvc(repo, env, "queue", "status").stdout
+    dvc(repo, env, "queue", "stop")
     assert all(f"{n}" in status for n in names) and "Failed" not in status, status
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
     runs = client.search_runs(client.get_experiment_by_name("srctl").experiment_id)
@@ -310,7 +300,7 @@ def test_fresh_clone_of_a_committed_result_trains_evaluates_and_registers_again(
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "result")
     clone = tmp_path / "clone"
     git("clone", "-q", str(repo), str(clone))
-    res = subprocess.run(["dvc", "repro"], cwd=clone, env=env, capture_output=True, text=True)
+    res = dvc(clone, env, "repro")
     assert res.returncode == 0, res.stdout + res.stderr
     for stage in ("download", "prepare", "train", "evaluate", "benchmark", "register"):
         assert f"Running stage '{stage}'" in res.stdout
@@ -319,6 +309,33 @@ def test_fresh_clone_of_a_committed_result_trains_evaluates_and_registers_again(
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{clone}/mlflow.db")
     champion = client.get_model_version_by_alias("espcn-x3", "champion")
     assert champion.version == 1 and "psnr" in client.get_run(champion.run_id).data.metrics
+
+
+def test_an_experiment_on_evaluate_params_leaves_the_training_run_and_champion_alone(repo):
+    """`dvc exp run -S evaluate.max_images=1` reuses the cached training run: the new scores go to
+    a run of their own under it, holding the params they were made with; the training run keeps
+    its scores and the champion is not moved on a PSNR of other pictures."""
+    repo, env = repo
+    import mlflow
+
+    trained = json.loads((repo / "models" / "mlflow_run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    before = client.get_run(trained).data.metrics
+    champion = client.get_model_version_by_alias("espcn-x3", "champion").version
+    res = dvc(repo, env, "exp", "run", "--temp", "-n", "one-image", "-S", "evaluate.max_images=1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Running stage 'train'" not in res.stdout and "Running stage 'evaluate'" in res.stdout
+    (evaluation,) = client.search_runs(
+        client.get_experiment_by_name("srctl").experiment_id,
+        filter_string="tags.dvc_exp_name = 'one-image'",
+    )
+    assert evaluation.data.tags["mlflow.parentRunId"] == trained
+    assert evaluation.data.params["evaluate.max_images"] == "1"
+    assert evaluation.data.metrics["images"] == 1 and "Set5/psnr" not in evaluation.data.metrics
+    assert f"logged to run {evaluation.info.run_id}, an evaluation of run {trained}" in res.stdout
+    after = client.get_run(trained).data.metrics
+    assert after["psnr"] == before["psnr"] and after["images"] == before["images"] == 3
+    assert client.get_model_version_by_alias("espcn-x3", "champion").version == champion
 
 
 def test_infers_and_an_experiment_share_one_store_at_the_same_time(repo, tmp_path):

@@ -18,7 +18,7 @@ def _logged_run(tmp_path, psnr: float | None) -> str:
     with registry.training_run(tiny_params(), "0" * 64) as run:
         uri = registry.log_model(folder)
     if psnr is not None:
-        registry.log_evaluation(run.info.run_id, {"psnr": psnr}, {})
+        registry.log_evaluation(run.info.run_id, {"psnr": psnr}, {}, {})
     return run.info.run_id, uri
 
 
@@ -42,6 +42,69 @@ def test_champion_moves_only_to_a_better_model(tmp_path, mlflow_store):
     # every way of naming a model resolves to the same weights + config
     for uri in ("models:/espcn-x3@champion", "models:/espcn-x3/3", f"runs:/{first_run}/model"):
         assert (registry.fetch_model(uri) / "config.json").is_file()
+
+
+def test_champion_is_compared_only_on_the_same_test_images(tmp_path, mlflow_store):
+    """A run scored on 5 test images (evaluate.max_images: 5) cannot take champion from one scored
+    on all 100 with a PSNR of other pictures, however high."""
+    full, full_uri = _logged_run(tmp_path, None)
+    registry.log_evaluation(full, {"psnr": 28.0, "images": 100}, {}, {})
+    assert registry.register(full, full_uri, "espcn-x3", "champion")["promoted"]
+    few, few_uri = _logged_run(tmp_path, None)
+    registry.log_evaluation(few, {"psnr": 31.0, "images": 5}, {}, {})
+    result = registry.register(few, few_uri, "espcn-x3", "champion")
+    assert not result["promoted"]
+    assert result["why"] == "v1 was scored on 100 test images, this run on 5"
+
+
+def test_an_evaluation_with_other_params_leaves_the_training_run_as_it_was(
+    tmp_path, mlflow_store, monkeypatch
+):
+    """`dvc exp run -S evaluate.max_images=1` reuses the cached training run: its evaluation goes to
+    a child run holding the new params (one per experiment, evaluate's and benchmark's together),
+    and the training run keeps the scores of the params it was logged with."""
+    import mlflow
+
+    run_id, _ = _logged_run(tmp_path, None)
+    client = mlflow.MlflowClient(registry.tracking_uri())
+    full = {"evaluate.max_images": 0, "evaluate.samples": 3}
+    assert registry.log_evaluation(run_id, {"psnr": 28.0}, {}, full) == run_id
+    monkeypatch.setenv("DVC_EXP_NAME", "one-image")
+    one = {"evaluate.max_images": 1, "evaluate.samples": 3}
+    child = registry.log_evaluation(run_id, {"psnr": 35.0}, {}, one)
+    sets = {"benchmark.sets.Set5": "elsewhere/Set5"}
+    assert registry.log_evaluation(run_id, {"Set5/psnr": 33.0}, {}, sets) == child
+    run, evaluation = client.get_run(run_id), client.get_run(child)
+    assert run.data.metrics["psnr"] == 28.0 and "Set5/psnr" not in run.data.metrics
+    assert run.data.params["evaluate.max_images"] == "0"
+    assert evaluation.data.metrics == {"psnr": 35.0, "Set5/psnr": 33.0}
+    assert evaluation.data.params == {
+        "evaluate.max_images": "1",
+        "evaluate.samples": "3",
+        "benchmark.sets.Set5": "elsewhere/Set5",
+    }
+    assert evaluation.info.run_name == "one-image" and evaluation.info.status == "FINISHED"
+    assert evaluation.data.tags["mlflow.parentRunId"] == run_id  # under its training run in the UI
+    monkeypatch.setenv("DVC_EXP_NAME", "two-images")  # another experiment: a run of its own
+    assert registry.log_evaluation(run_id, {"psnr": 33.0}, {}, {"evaluate.max_images": 2}) not in (
+        run_id,
+        child,
+    )
+    # `srctl runs` lists training runs; the evaluations are found under them
+    assert [r["run_id"] for r in registry.list_runs()] == [run_id]
+
+
+def test_promote_by_hand_describes_the_version(tmp_path, mlflow_store):
+    import mlflow
+
+    run_id, _ = _logged_run(tmp_path, None)
+    registry.promote(run_id, "champion")
+    text = mlflow.MlflowClient().get_model_version("espcn-x3", "1").description
+    assert text.startswith("x3 contrast clean, 10 steps") and "BSDS300 test not scored" in text
+    with registry.training_run(tiny_params(), "0" * 64) as run:  # stopped before its model
+        pass
+    with pytest.raises(SrctlError, match=f"run {run.info.run_id} has no logged model"):
+        registry.promote(run.info.run_id, "champion")
 
 
 def test_register_needs_an_evaluated_run(tmp_path, mlflow_store):

@@ -35,7 +35,7 @@ def server(tmp_path_factory):
         M.save(M.ESPCN(3), root / "model")
         with registry.training_run(tiny_params(), "0" * 64) as run:
             uri = registry.log_model(root / "model")
-        registry.log_evaluation(run.info.run_id, {"psnr": 28.0}, {})
+        registry.log_evaluation(run.info.run_id, {"psnr": 28.0}, {}, {})
         registry.register(run.info.run_id, uri, "espcn-x3", "champion")
     finally:
         os.chdir(cwd)

@@ -100,10 +100,13 @@ def benchmark_model(
         registry.check_run(source)  # before the scoring, not after it
     net = M.load(registry.model_folder(run_id, model, model_dir), pick_device(device))
     results = benchmark(net, sets)
-    if log and source:
-        registry.log_evaluation(source, flat(results), {})
     label = f"ESPCN (run {source[:8]})" if source else f"ESPCN ({model_dir})"
-    return report(results, sets, net.scale, label)
+    lines = report(results, sets, net.scale, label)
+    if log and source:
+        logged = registry.log_evaluation(source, flat(results), {}, params.flat("benchmark"))
+        if logged != source:
+            lines += f"\nlogged to run {logged}, an evaluation of run {source} (other sets)"
+    return lines
 
 
 def main() -> None:
@@ -113,8 +116,13 @@ def main() -> None:
     results = benchmark(net, sets)
     absent_as_zero = {k: v or {"images": 0} for k, v in results.items()}
     write_json(where.metrics / "benchmark.json", {"scale": net.scale, **absent_as_zero})
-    registry.log_evaluation(registry.read_run(where.run_file)["run_id"], flat(results), {})
+    trained_by = registry.read_run(where.run_file)["run_id"]
+    logged = registry.log_evaluation(trained_by, flat(results), {}, params.flat("benchmark"))
     print(report(results, sets, net.scale, "ESPCN (this run)"))
+    if logged != trained_by:
+        print(
+            f"benchmark: logged to run {logged}, an evaluation of run {trained_by} (other params)"
+        )
 
 
 if __name__ == "__main__":

@@ -70,7 +70,8 @@ def main() -> None:
     metrics, pictures = evaluate(net, images, params.evaluate.samples, quality)
     metrics["images"] = len(images)
     write_json(where.metrics / "evaluate.json", metrics)
-    registry.log_evaluation(registry.read_run(where.run_file)["run_id"], metrics, pictures)
+    trained_by = registry.read_run(where.run_file)["run_id"]
+    logged = registry.log_evaluation(trained_by, metrics, pictures, params.flat("evaluate"))
     print(
         f"evaluate: x{net.scale} on {len(images)} BSDS300 test images"
         + (f" (LR as JPEG q{quality})" if quality else "")
@@ -78,6 +79,8 @@ def main() -> None:
         f"PSNR {metrics['psnr']:.2f} dB (bicubic {metrics['bicubic_psnr']:.2f}), "
         f"SSIM {metrics['ssim']:.4f} (bicubic {metrics['bicubic_ssim']:.4f})"
     )
+    if logged != trained_by:
+        print(f"evaluate: logged to run {logged}, an evaluation of run {trained_by} (other params)")
 
 
 if __name__ == "__main__":

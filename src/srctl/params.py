@@ -128,8 +128,9 @@ class Params:
     def registered_name(self) -> str:
         return registered_name(self.register.model_name, self.scale, self.train.degradation)
 
-    def flat(self) -> dict[str, object]:
-        """`train.lr`-style keys, the way `dvc exp run -S` and MLflow name them."""
+    def flat(self, section: str = "") -> dict[str, object]:
+        """`train.lr`-style keys, the way `dvc exp run -S` and MLflow name them (only `section`'s,
+        if named)."""
 
         def walk(prefix: str, value: object):
             if isinstance(value, dict):
@@ -138,7 +139,8 @@ class Params:
             else:
                 yield prefix, value
 
-        return dict(walk("", dataclasses.asdict(self)))
+        prefix = f"{section}." if section else ""
+        return {k: v for k, v in walk("", dataclasses.asdict(self)) if k.startswith(prefix)}
 
 
 @dataclass(frozen=True)

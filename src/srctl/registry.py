@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,7 +125,9 @@ def _log_dataset(
     mlflow.log_input(dataset, context="training", tags={"content_sha256": dataset_sha256})
     if extra:
         folders, sha256 = extra
-        source = resolve_dataset_source(P.paths().extra.resolve().as_uri())
+        with warnings.catch_warnings():  # MLflow has two local sources for file:, of one kind
+            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+            source = resolve_dataset_source(P.paths().extra.resolve().as_uri())
         dataset = MetaDataset(source, name=f"extra_train: {folders}", digest=sha256[:16])
         mlflow.log_input(dataset, context="training", tags={"content_sha256": sha256})
 
@@ -257,14 +260,61 @@ def log_model(model_dir: Path) -> str:
     return info.model_uri
 
 
-def log_evaluation(run_id: str, metrics: dict[str, float], images: dict[str, object]) -> None:
-    """Add evaluation metrics and sample pictures to a finished training run."""
+EVALUATES = "evaluates"  # tag of a run that holds another run's evaluation: that run's id
+
+
+def _agrees(run, values: dict[str, str]) -> bool:
+    """The run was logged with these values of these params (or not with them at all)."""
+    return all(run.data.params.get(k, v) == v for k, v in values.items())
+
+
+def _evaluation_run(client, parent, values: dict[str, str]):
+    """A child run of training run `parent` for an evaluation with other params than it was logged
+    with: the DVC experiment's own, if its evaluate stage made one before its benchmark stage,
+    else a new one."""
+    exp_name = os.environ.get("DVC_EXP_NAME")
+    pid = parent.info.run_id
+    if exp_name:
+        found = client.search_runs(
+            [parent.info.experiment_id],
+            f"tags.{EVALUATES} = '{pid}' and tags.dvc_exp_name = '{exp_name}'",
+        )
+        if mine := [r for r in found if _agrees(r, values)]:
+            return mine[0]
+    tags = {
+        k: parent.data.tags[k] for k in ("scale", "arch", "degradation") if k in parent.data.tags
+    }
+    tags |= {"mlflow.parentRunId": pid, EVALUATES: pid}  # listed under its training run in the UI
+    if exp_name:
+        tags["dvc_exp_name"] = exp_name
+    name = exp_name or f"{parent.info.run_name}-evaluation"
+    return client.create_run(parent.info.experiment_id, run_name=name, tags=tags)
+
+
+def log_evaluation(
+    run_id: str, metrics: dict[str, float], images: dict[str, object], params: dict[str, object]
+) -> str:
+    """Add evaluation metrics and sample pictures to finished training run `run_id`; `params`: the
+    evaluation's own (evaluate.*, benchmark.*). An experiment that changes only those reuses the
+    cached training run, whose scores must stay those of the params it was logged with: then the
+    evaluation goes to a child run holding its params. Returns the run logged into."""
+    from mlflow.entities import Param
+
     mlflow = _mlflow()
     client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    values = {k: str(v) for k, v in params.items()}
+    target = run if _agrees(run, values) else _evaluation_run(client, run, values)
+    target_id = target.info.run_id
+    new = [Param(k, v) for k, v in values.items() if k not in target.data.params]
+    client.log_batch(target_id, params=new)  # a set added since the run was logged, say
     for key, value in metrics.items():
-        client.log_metric(run_id, key, value)
+        client.log_metric(target_id, key, value)
     for name, image in images.items():
-        client.log_image(run_id, image, artifact_file=f"samples/{name}.png")
+        client.log_image(target_id, image, artifact_file=f"samples/{name}.png")
+    if target_id != run_id:
+        client.set_terminated(target_id)
+    return target_id
 
 
 def _project_params() -> P.Params:
@@ -398,7 +448,7 @@ def fetch_model(uri: str) -> Path:
 def _describe(client, name: str, version: str, run) -> None:
     """Tag the version with its benchmark scores and give it a one-line description, so that the
     registry page alone tells versions apart."""
-    m, p = run.data.metrics, run.data.params
+    m, p, nan = run.data.metrics, run.data.params, float("nan")
     benchmark = sorted(k for k in m if k.endswith("/psnr"))  # Set5/psnr, Set5-jpeg50/psnr, ...
     for key in benchmark:
         client.set_model_version_tag(name, version, key, f"{m[key]:.2f}")
@@ -409,8 +459,11 @@ def _describe(client, name: str, version: str, run) -> None:
         f"x{p.get('scale', '?')} {p.get('train.arch', '?')} "
         f"{p.get('train.degradation', 'clean')}, {steps:,} steps "
         f"(run {run.info.run_name}): "
-        f"BSDS300 test{jpeg} {m[SCORE]:.2f} dB "
-        f"(bicubic {m.get('bicubic_psnr', float('nan')):.2f})"
+        + (
+            f"BSDS300 test{jpeg} {m[SCORE]:.2f} dB (bicubic {m.get('bicubic_psnr', nan):.2f})"
+            if SCORE in m
+            else "BSDS300 test not scored"  # promoted by hand before any evaluate
+        )
         + (f"; {scores} dB" if scores else "")
     )
     client.update_model_version(name, version, description=text)
@@ -420,7 +473,16 @@ def _version_of(client, name: str, run_id: str, model_uri: str):
     """The run's version of model `name`, registered now if it has none: the same run registered
     again (evaluate re-run, say) reuses its version instead of adding one."""
     same = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-    return same[0] if same else _mlflow().register_model(model_uri, name)
+    if same:
+        return same[0]
+    # the client, not mlflow.register_model: that one prints its own lines to the user's terminal
+    try:
+        client.create_registered_model(name)
+    except _mlflow().exceptions.MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    model_id = model_uri.removeprefix("models:/")
+    return client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id)
 
 
 def register(run_id: str, model_uri: str, name: str, alias: str) -> dict:
@@ -433,12 +495,21 @@ def register(run_id: str, model_uri: str, name: str, alias: str) -> dict:
         raise SrctlError(f"run {run_id} has no '{SCORE}' metric; run the evaluate stage first")
     version = _version_of(client, name, run_id, model_uri).version
     _describe(client, name, version, run)
+    images = run.data.metrics.get("images")  # the first N BSDS300 test images (evaluate.max_images)
+    why = None
     try:
         holder = client.get_model_version_by_alias(name, alias)
-        best = client.get_run(holder.run_id).data.metrics.get(SCORE, float("-inf"))
+        best_run = client.get_run(holder.run_id)
     except mlflow.exceptions.MlflowException:
-        holder, best = None, float("-inf")
-    promoted = score > best
+        holder = None
+    if holder is not None:
+        best = best_run.data.metrics.get(SCORE, float("-inf"))
+        theirs = best_run.data.metrics.get("images")
+        if None not in (images, theirs) and images != theirs:  # PSNRs of other pictures
+            why = f"v{holder.version} was scored on {theirs:g} test images, this run on {images:g}"
+        elif score <= best:
+            why = f"v{holder.version} scored {best:.2f} dB"
+    promoted = why is None
     if promoted:
         client.set_registered_model_alias(name, alias, version)
     return {
@@ -448,6 +519,7 @@ def register(run_id: str, model_uri: str, name: str, alias: str) -> dict:
         "alias": alias,
         "promoted": promoted,
         "previous_version": int(holder.version) if holder else None,
+        **({"why": why} if why else {}),
     }
 
 
@@ -478,6 +550,8 @@ def list_runs(experiment: str | None = None, sort: str = "date") -> list[dict]:
         if ids
         else []
     ):
+        if EVALUATES in run.data.tags:  # an evaluation of a training run listed here already
+            continue
         p, m = run.data.params, run.data.metrics
         rows.append(
             {
@@ -523,7 +597,11 @@ def promote(target: str, alias: str | None = None) -> dict:
             p.get("scale", params.scale),
             p.get("train.degradation", "clean"),
         )
-        mv = _version_of(client, name, target, f"runs:/{target}/{MODEL_ARTIFACT}")
+        logged = run.outputs.model_outputs if run.outputs else []
+        if not logged:
+            raise SrctlError(f"run {target} has no logged model")
+        mv = _version_of(client, name, target, f"models:/{logged[-1].model_id}")
+        _describe(client, name, mv.version, run)
     try:
         old = client.get_model_version_by_alias(name, alias).version
     except mlflow.exceptions.MlflowException:
@@ -578,7 +656,7 @@ def main() -> None:
     moved = (
         f"alias '{result['alias']}' -> v{result['version']}"
         if result["promoted"]
-        else "alias unchanged"
+        else f"alias '{result['alias']}' unchanged ({result['why']})"
     )
     print(
         f"register: {result['name']} v{result['version']} ({SCORE} {result[SCORE]:.2f} dB), {moved}"
