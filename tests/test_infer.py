@@ -53,6 +53,8 @@ def test_output_paths_rules(tmp_path, photo):
     assert output_paths([photo], tmp_path / "new", 3, many=True) == [tmp_path / "new" / "photo.png"]
     with pytest.raises(SrctlError, match="no image format by that suffix"):
         output_paths([photo], tmp_path / "new", 3)
+    with pytest.raises(SrctlError, match="an icon holds at most 256x256"):
+        output_paths([photo], tmp_path / "big.ico", 3)
     with pytest.raises(SrctlError, match="names an image, but the inputs are several"):
         output_paths([photo, other], tmp_path / "x.png", 3)
     assert output_paths([photo], f"{tmp_path}/x.png/", 3) == [tmp_path / "x.png" / "photo.png"]

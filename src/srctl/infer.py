@@ -123,11 +123,14 @@ def is_folder(output: str | Path, many: bool = False) -> bool:
 def image_file(output: str | Path) -> Path:
     """`-o` as an image file: its suffix must name a format Pillow writes."""
     path = Path(output)
-    if Image.registered_extensions().get(path.suffix.lower()) not in Image.SAVE:
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt not in Image.SAVE:
         raise SrctlError(
             f"{output}: no image format by that suffix (.png, .jpg, .webp, ...); "
             "a folder's name ends with /"
         )
+    if fmt in ("ICO", "ICNS"):  # icons: Pillow writes the picture shrunk to icon sizes
+        raise SrctlError(f"{output}: an icon holds at most 256x256; name a picture format")
     return path
 
 
