@@ -73,7 +73,7 @@ def test_srctl_benchmark_scores_a_logged_model_and_logs_it_with_its_run(
     # the run was logged with params.yaml's default Set5 folder: these scores of another folder go
     # to a run of their own under it, which holds the folders
     child = lines[-1].split()[3].rstrip(",")
-    assert lines[-1] == f"logged to run {child}, an evaluation of run {run_id} (other sets)"
+    assert lines[-1] == f"logged to run {child}, an evaluation of run {run_id} (other params)"
     client = mlflow.MlflowClient(registry.tracking_uri())
     assert client.get_run(child).data.params["benchmark.sets.Set5"] == str(DATASETS / "Set5")
     assert "Set5/psnr" not in client.get_run(run_id).data.metrics

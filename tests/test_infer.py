@@ -177,6 +177,8 @@ def _odd_images(folder):
     rgba.putalpha(Image.linear_gradient("L").resize(src.size))
     put("rgba.png", rgba, "RGBA")
     put("sixteen.png", Image.fromarray(np.asarray(src.convert("L"), dtype=np.uint16) * 257), "L")
+    grey32 = np.asarray(src.convert("L"), dtype=np.int64) * (2**31 - 1) // 255
+    put("thirty-two.tif", Image.fromarray(grey32.astype(np.int32)), "L")  # mode I, as a PGM's 16
     put("one.png", Image.new("RGB", (1, 1), (200, 10, 10)), "RGB")
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 CW to display
@@ -194,10 +196,11 @@ def test_odd_images_are_upscaled_right(tmp_path):
         assert out.size == (img.width * 3, img.height * 3), name
     # EXIF orientation 6: the 40x30 picture is shown (and upscaled) upright as 30x40
     assert open_image(tmp_path / "rotated.jpg").size == (30, 40)
-    # 16-bit is scaled to 8 bits, not clipped to white
-    sixteen = upscale_image(net, open_image(tmp_path / "sixteen.png"))
-    gray = upscale_image(net, open_image(tmp_path / "gray.png"))
-    assert np.abs(np.asarray(sixteen, dtype=float) - np.asarray(gray, dtype=float)).max() <= 1
+    # 16- and 32-bit are scaled to 8 bits, not clipped to white
+    gray = np.asarray(upscale_image(net, open_image(tmp_path / "gray.png")), dtype=float)
+    for deep in ("sixteen.png", "thirty-two.tif"):
+        out = np.asarray(upscale_image(net, open_image(tmp_path / deep)), dtype=float)
+        assert np.abs(out - gray).max() <= 1, deep
     # a LAB picture comes out as its colours (its A band is no alpha)
     rgb = Image.open(BSDS300 / "images" / "test" / "3096.jpg").convert("RGB").crop((0, 0, 40, 30))
     lab = upscale_image(net, open_image(tmp_path / "lab.tif"))
@@ -342,23 +345,23 @@ def test_folders_globs_and_batches(tmp_path, model_dir, capsys):
     folder = tmp_path / "shots"
     folder.mkdir()
     photo = Image.open(BSDS300 / "images" / "test" / "3096.jpg").convert("RGB")
-    for i, name in enumerate(("b.jpg", "a.JPG", "c.png")):  # a different crop each: order shows
+    for i, name in enumerate(("b.jpg", "a.JPG", "c.png", "d.avif")):  # a crop each: order shows
         photo.crop((180 + 40 * i, 130, 210 + 40 * i, 150)).save(folder / name)
     (folder / "notes.txt").write_text("not an image")
-    assert [p.name for p in collect_inputs([str(folder)])] == ["a.JPG", "b.jpg", "c.png"]
+    assert [p.name for p in collect_inputs([str(folder)])] == ["a.JPG", "b.jpg", "c.png", "d.avif"]
     assert [p.name for p in collect_inputs([str(folder / "*.jpg"), str(folder / "b.jpg")])] == [
         "b.jpg"
     ]
     (gif,) = collect_inputs([str(folder / "*.gif")])
     with pytest.raises(SrctlError, match="no such file matches"):
         open_image(gif)
-    # three same-size images go through the network as one batch: same result as one by one, up
+    # four same-size images go through the network as one batch: same result as one by one, up
     # to float rounding (oneDNN may pick another convolution kernel for a batch of 3 than for 1, so
     # a pixel near x.5 can round the other way: seen on a CI machine)
     run = engine(model_dir, precision="fp32")  # onnxruntime, against PyTorch one by one
     assert infer(collect_inputs([str(folder)]), run, tmp_path / "out") == 0
     net = M.load(model_dir)
-    for name in ("a", "b", "c"):
+    for name in ("a", "b", "c", "d"):
         src = next(folder.glob(f"{name}.*"))
         alone = np.asarray(upscale_image(net, open_image(src)), dtype=int)
         batched = np.asarray(Image.open(tmp_path / "out" / f"{name}.png"), dtype=int)

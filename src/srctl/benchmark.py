@@ -104,8 +104,8 @@ def benchmark_model(
     lines = report(results, sets, net.scale, label)
     if log and source:
         logged = registry.log_evaluation(source, flat(results), {}, params.flat("benchmark"))
-        if logged != source:
-            lines += f"\nlogged to run {logged}, an evaluation of run {source} (other sets)"
+        if note := registry.evaluation_note(logged, source):
+            lines += f"\n{note}"
     return lines
 
 
@@ -119,10 +119,8 @@ def main() -> None:
     trained_by = registry.read_run(where.run_file)["run_id"]
     logged = registry.log_evaluation(trained_by, flat(results), {}, params.flat("benchmark"))
     print(report(results, sets, net.scale, "ESPCN (this run)"))
-    if logged != trained_by:
-        print(
-            f"benchmark: logged to run {logged}, an evaluation of run {trained_by} (other params)"
-        )
+    if note := registry.evaluation_note(logged, trained_by):
+        print(f"benchmark: {note}")
 
 
 if __name__ == "__main__":

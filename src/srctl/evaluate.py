@@ -79,8 +79,8 @@ def main() -> None:
         f"PSNR {metrics['psnr']:.2f} dB (bicubic {metrics['bicubic_psnr']:.2f}), "
         f"SSIM {metrics['ssim']:.4f} (bicubic {metrics['bicubic_ssim']:.4f})"
     )
-    if logged != trained_by:
-        print(f"evaluate: logged to run {logged}, an evaluation of run {trained_by} (other params)")
+    if note := registry.evaluation_note(logged, trained_by):
+        print(f"evaluate: {note}")
 
 
 if __name__ == "__main__":

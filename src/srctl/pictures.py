@@ -19,25 +19,28 @@ TILE = 512  # LR pixels per tile side: memory stays bounded whatever the image s
 # what a folder of pictures is scanned for (infer, prepare's extra_train, benchmark sets): raster
 # picture formats, those this Pillow opens (not all it knows: .mpg, .eps, .h5, .ico are no photos)
 _PICTURES = (
-    ".bmp .dib .gif .j2k .jp2 .jpe .jpeg .jpg .jfif .pbm .pgm .png .pnm .ppm .tga .tif .tiff .webp"
+    ".avif .bmp .dib .gif .j2k .jp2 .jpe .jpeg .jpg .jfif .pbm .pgm .png .pnm .ppm .tga .tif .tiff"
+    " .webp"
 )
 IMAGE_SUFFIXES = {
     ext
     for ext, fmt in Image.registered_extensions().items()
     if fmt in Image.OPEN and ext in _PICTURES.split()
 }
-_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_DEEP_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def content_and_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     """8-bit RGB or L content, and the alpha channel if the image has one.
 
-    16-bit greyscale is scaled to 8 bits, 1-bit is greyscale; palette, CMYK, LAB... are converted
-    to RGB.
+    16- and 32-bit greyscale are scaled to 8 bits, 1-bit is greyscale; palette, CMYK, LAB... are
+    converted to RGB.
     """
-    if img.mode in _SIXTEEN_BIT:
+    if img.mode in _DEEP_GREY:
+        # mode I is 32-bit, but Pillow opens 16-bit PGMs as I: only a TIFF says it has 32 bits
+        top = 2**31 - 1 if img.mode == "I" and img.info.get("bits") == 32 else 2**16 - 1
         img = Image.fromarray(
-            (np.asarray(img, dtype=np.float64) / 257).clip(0, 255).round().astype(np.uint8)
+            (np.asarray(img, dtype=np.float64) * (255 / top)).clip(0, 255).round().astype(np.uint8)
         )
     elif img.mode == "F":
         img = Image.fromarray(np.asarray(img).clip(0, 255).round().astype(np.uint8))
@@ -139,6 +142,8 @@ def decode_image(source: Path | BinaryIO, name: str, max_pixels: int | None = No
             img.load()
             upright = ImageOps.exif_transpose(img)
             upright.info.setdefault("icc_profile", img.info.get("icc_profile"))
+            if hasattr(img, "tag_v2"):  # a TIFF's bits per sample, which the upright copy loses
+                upright.info["bits"] = max(img.tag_v2.get(258, (8,)))
             return upright
     except SrctlError:
         raise

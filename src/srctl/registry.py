@@ -317,6 +317,13 @@ def log_evaluation(
     return target_id
 
 
+def evaluation_note(logged: str, trained_by: str) -> str:
+    """What the user is told when log_evaluation went to a child run ("" when it did not)."""
+    if logged == trained_by:
+        return ""
+    return f"logged to run {logged}, an evaluation of run {trained_by} (other params)"
+
+
 def _project_params() -> P.Params:
     """This checkout's params, or the defaults outside one."""
     try:
