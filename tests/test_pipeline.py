@@ -133,61 +133,27 @@ def test_infer_with_the_run_id_on_a_photo(repo, tmp_path, photo):
     assert Image.open(tmp_path / "c.png").size == big.size
 
 
-def test_dvc_exp_run_is_its_own_mlflow_run_in_the_repo_store(repo):
-    """`dvc exp run -S ...` (as the README says) logs a new run tagged with the experiment name."""
-    repo, env = repo
-    import mlflow
-
-    res = dvc(repo, env, "exp", "run", "-n", "tiny-lr", "-S", "train.lr=0.002")
-    assert res.returncode == 0, res.stdout + res.stderr
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
-    runs = client.search_runs(client.get_experiment_by_name("srctl").experiment_id)
-    exp_runs = [r for r in runs if r.data.tags.get("dvc_exp_name") == "tiny-lr"]
-    assert len(runs) == 2 and len(exp_runs) == 1
-    assert exp_runs[0].data.params["train.lr"] == "0.002" and "psnr" in exp_runs[0].data.metrics
-    assert len(client.search_model_versions("name='espcn-x3'")) == 2
-    diff = dvc(repo, env, "metrics", "diff", "--json")
-    changed = json.loads(diff.stdout)[
-        "metrics/benchmark.json"
-    ]  # the experiment's numbers vs the commit's
-    assert changed["Set5.psnr"]["new"] == pytest.approx(exp_runs[0].data.metrics["Set5/psnr"])
-
-
-def test_dvc_exp_run_temp_trains_its_own_params_in_its_copy_into_the_repo_store(repo):
-    """`--temp` (as `--queue` does) runs in .dvc/tmp/exps/...: its params and outputs are the
-    copy's, the workspace is left alone, and the run lands in the repo's mlflow.db."""
+def test_make_real_registers_its_own_model_scored_on_jpeg_inputs(repo, tmp_path, photo):
+    """`make real`'s command: a model of degraded pictures, in its own registered model (the clean
+    champion stays), its run marked as such, scored on JPEG q50 inputs; then used by name. Its
+    `--temp` (as `--queue` does) runs in .dvc/tmp/exps/...: its params and outputs are the copy's,
+    the workspace is left alone, and the run lands in the repo's mlflow.db and mlartifacts."""
     repo, env = repo
     import mlflow
 
     before = (repo / "models" / "mlflow_run.json").read_text()
-    res = dvc(repo, env, "exp", "run", "--temp", "-n", "tmp-steps", "-S", "train.steps_per_epoch=7")
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert (repo / "models" / "mlflow_run.json").read_text() == before
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
-    (run,) = client.search_runs(
-        client.get_experiment_by_name("srctl").experiment_id,
-        filter_string="tags.dvc_exp_name = 'tmp-steps'",
-    )
-    assert run.data.params["train.steps_per_epoch"] == "7" and run.data.metrics["steps"] == 7
-    assert run.info.artifact_uri.startswith((repo / "mlartifacts").as_uri())
-    assert run.data.metrics["Set5/images"] == 5  # set folders relative to the repo, not to the copy
-
-
-def test_make_real_registers_its_own_model_scored_on_jpeg_inputs(repo, tmp_path, photo):
-    """`make real`'s command: a model of degraded pictures, in its own registered model (the clean
-    champion stays), its run marked as such, scored on JPEG q50 inputs; then used by name."""
-    repo, env = repo
-    import mlflow
-
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     command = makefile.split("\nreal: install\n\t", 1)[1].splitlines()[0].split()
     assert command[:4] == ["dvc", "exp", "run", "--temp"]
     res = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+    assert (repo / "models" / "mlflow_run.json").read_text() == before
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
     real = client.get_model_version_by_alias("espcn-x3-real", "champion")
     run = client.get_run(real.run_id)
     assert run.data.params["train.degradation"] == "real" and run.data.tags["degradation"] == "real"
+    assert run.info.artifact_uri.startswith((repo / "mlartifacts").as_uri())
+    assert run.data.metrics["Set5/images"] == 5  # set folders relative to the repo, not to the copy
     assert "Set5-jpeg50/psnr" in run.data.metrics and "LR as JPEG q50" in real.description
     clean_id = json.loads((repo / "models" / "mlflow_run.json").read_text())["run_id"]
     clean = client.get_run(clean_id).data.metrics
@@ -339,8 +305,14 @@ def test_an_experiment_on_evaluate_params_leaves_the_training_run_and_champion_a
 
 
 def test_infers_and_an_experiment_share_one_store_at_the_same_time(repo, tmp_path):
-    """Two `srctl infer` loops and a `dvc exp run` write and read one mlflow.db concurrently."""
+    """Two `srctl infer` loops and a `dvc exp run -S ...` (as the README says) write and read one
+    mlflow.db concurrently; the experiment is a new run tagged with its name, a new model version,
+    and its numbers are what `dvc metrics diff` shows against the commit's."""
     repo, env = repo
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    versions = len(client.search_model_versions("name='espcn-x3'"))
     srctl = Path(sys.executable).parent / "srctl"
     exp = subprocess.Popen(
         ["dvc", "exp", "run", "-n", "concurrent", "-S", "train.lr=0.003"],
@@ -375,11 +347,13 @@ def test_infers_and_an_experiment_share_one_store_at_the_same_time(repo, tmp_pat
         rounds += 1
     out, _ = exp.communicate(timeout=600)
     assert exp.returncode == 0, out
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
-    runs = client.search_runs(
+    (run,) = client.search_runs(
         client.get_experiment_by_name("srctl").experiment_id,
         filter_string="tags.dvc_exp_name = 'concurrent'",
     )
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.data.params["train.lr"] == "0.003"
+    assert "psnr" in run.data.metrics
+    assert len(client.search_model_versions("name='espcn-x3'")) == versions + 1
+    diff = dvc(repo, env, "metrics", "diff", "--json")
+    changed = json.loads(diff.stdout)["metrics/benchmark.json"]  # the experiment's vs the commit's
+    assert changed["Set5.psnr"]["new"] == pytest.approx(run.data.metrics["Set5/psnr"])

@@ -135,9 +135,11 @@ def test_init_starts_from_a_logged_model_and_names_its_run_the_parent(
 # --- interruption and resume, with real signals to a real `python -m srctl.train`
 # ----------------------
 
+# Epochs long enough (a second or more) that the signal, sent within 10 ms of epoch 1's checkpoint,
+# lands in epoch 2; short enough that four runs of it and a DDP trio stay a small part of CI.
 RESUMABLE = {
-    "epochs": 4,
-    "steps_per_epoch": 300,
+    "epochs": 3,
+    "steps_per_epoch": 100,
     "batch_size": 16,
     "patch_size": 17,
     "compile": "never",
@@ -203,7 +205,7 @@ def uninterrupted(prepared_dir, tmp_path_factory):
     # progress people can plan with: every epoch says how long it took and how long the rest will
     # take
     epoch_line = (
-        r"^epoch 1/4: loss [\d.]+, test PSNR [\d.]+ dB, [\d.]+ s/epoch, (\d+ min )?\d+ s left$"
+        r"^epoch 1/3: loss [\d.]+, test PSNR [\d.]+ dB, [\d.]+ s/epoch, (\d+ min )?\d+ s left$"
     )
     assert re.search(epoch_line, res.stdout, re.M), res.stdout
     return root
