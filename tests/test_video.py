@@ -133,6 +133,40 @@ def test_bad_output_format_or_codec_is_an_error_before_any_file(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "turned, shown",
+    [
+        (90, Image.Transpose.ROTATE_90),
+        (-90, Image.Transpose.ROTATE_270),
+        (180, Image.Transpose.ROTATE_180),
+    ],
+)
+def test_a_phone_clip_turned_by_its_display_matrix_comes_out_upright(tmp_path, turned, shown):
+    """A phone stores a clip filmed upright as landscape frames and a turn in the display matrix,
+    which players apply. The output is upright (as infer turns a photo by its EXIF orientation),
+    its size and --size are the shown ones, and it has no matrix (it is not turned twice)."""
+    photo = Image.open(BSDS300 / "images" / "test" / "3096.jpg").convert("RGB")
+    src = tmp_path / "phone.mov"
+    with av.open(str(src), "w") as out:
+        v = out.add_stream("png", rate=RATE)
+        v.width, v.height, v.pix_fmt = 48, 32, "rgb24"
+        v.set_display_rotation(turned)
+        for i in range(3):
+            out.mux(v.encode(av.VideoFrame.from_image(photo.crop((i * 4, 0, i * 4 + 48, 32)))))
+        out.mux(v.encode(None))
+    net = M.ESPCN.named("contrast", 3).eval()
+    portrait = turned != 180
+    stats = upscale_video(src, tmp_path / "up.mov", net, codec="png")
+    assert stats["size"] == ((96, 144) if portrait else (144, 96))
+    for stored, got in zip(_frames(src), _frames(tmp_path / "up.mov"), strict=True):
+        want = np.asarray(upscale_image(net, stored.transpose(shown)), dtype=int)
+        assert np.abs(np.asarray(got, dtype=int) - want).max() <= 1
+    with av.open(str(tmp_path / "up.mov")) as f:
+        assert next(f.decode(video=0)).rotation == 0
+    stats = upscale_video(src, tmp_path / "sized.mov", net, codec="png", size=(64, None))
+    assert stats["size"] == ((64, 96) if portrait else (64, 42))
+
+
 def test_a_size_too_small_for_420_is_an_error(clip, tmp_path):
     with pytest.raises(SrctlError, match="libx264's 4:2:0 needs sides of 2 pixels at least"):
         upscale_video(clip, tmp_path / "thin.mp4", M.ESPCN(3).eval(), size=(None, 1))

@@ -43,6 +43,37 @@ def _pix_fmt(codec: str) -> str:
     return "rgb24" if "rgb24" in formats else "yuv420p"
 
 
+def _orientation(src: Path) -> tuple[bool, bool, bool]:
+    """How players turn `src`'s stored frames, from the display matrix of its first frame: (swap
+    width and height, then mirror left-right, mirror top-bottom). A phone stores a clip filmed
+    upright as landscape frames with a quarter turn in that matrix; angles other than multiples of
+    90 degrees are left as stored."""
+    import av
+    import numpy as np
+
+    with _open(src) as inp:
+        first = next(inp.decode(video=0), None)
+        kind = av.sidedata.sidedata.Type.DISPLAYMATRIX
+        matrix = bytes(first.side_data[kind]) if first and kind in first.side_data else None
+    if matrix is None:
+        return False, False, False
+    # FFmpeg's layout: a stored point (p, q) is shown at (a p + c q, b p + d q) (+ an offset)
+    a, b, _, c, d, *_ = np.sign(np.frombuffer(matrix, dtype=np.int32)).tolist()
+    if a == d == 0 and b and c:  # a quarter turn: the shown column is the stored row
+        return True, c < 0, b < 0
+    if b == c == 0 and a and d:
+        return False, a < 0, d < 0
+    return False, False, False
+
+
+def _upright(x: torch.Tensor, turn: tuple[bool, bool, bool]) -> torch.Tensor:
+    """[N, H, W, C] frames as `_orientation` says players show them."""
+    swap, mirror_w, mirror_h = turn
+    x = x.transpose(1, 2) if swap else x
+    dims = [dim for dim, mirrored in ((2, mirror_w), (1, mirror_h)) if mirrored]
+    return x.flip(dims) if dims else x
+
+
 class _Busy:
     """Seconds each stage spent working (not waiting for the others): says which one limits."""
 
@@ -125,15 +156,19 @@ def _prefetched(items: Iterator, depth: int) -> Iterator:
         thread.join()
 
 
-def _upscaled(net: M.ESPCN, x: torch.Tensor, tile: int, amp, yuv: bool, size, crop):
+def _upscaled(
+    net: M.ESPCN, x: torch.Tensor, tile: int, amp, yuv: bool, size, crop, turn=(False,) * 3
+):
     """uint8 [N, H, W, 3] RGB frames -> (upscaled frames as uint8 arrays on the CPU, their PyAV
-    format, a CUDA event to wait for before reading them or None). yuv420p is made on the model's
-    device if `yuv`, else rgb24; resized to `size` if given (as `srctl infer --size`; a side from
-    the aspect ratio even), then cropped to `crop` (width, height). On a GPU nothing here waits for
-    it: the copy back is asynchronous, into pinned memory."""
+    format, a CUDA event to wait for before reading them or None). Turned upright first (`turn`,
+    from `_orientation`); yuv420p is made on the model's device if `yuv`, else rgb24; resized to
+    `size` if given (as `srctl infer --size`; a side from the aspect ratio even), then cropped to
+    `crop` (width, height). On a GPU nothing here waits for it: the copy back is asynchronous,
+    into pinned memory."""
     device = next(net.parameters()).device
     cuda = device.type == "cuda"
-    x = x.to(device, non_blocking=True).permute(0, 3, 1, 2)  # NCHW view of NHWC: no copy
+    x = _upright(x.to(device, non_blocking=True), turn)
+    x = x.permute(0, 3, 1, 2)  # NCHW view of NHWC: no copy
     up = upscale_batch(net, x, tile, amp)
     if size:
         up = resized(up, size, multiple=2)
@@ -395,10 +430,10 @@ def upscale_video(
     segment_s: float = 2.0,
 ) -> dict:
     """Write `dst` (default: <stem>_x<scale>.mp4 beside `src`, or in `dst` if that is a folder;
-    atomically) with every video frame of `src` upscaled (and resized to `size`, see
-    infer.parse_size; for a 4:2:0 codec an odd last column or row cropped) and its audio track
-    copied; `encoders` > 1 encodes segments of `segment_s` seconds that many at a time (see
-    _Encoder). Returns frames, seconds, fps, size, dst, and busy: the seconds each stage (decode,
+    atomically) with every video frame of `src` turned as players show it (`_orientation`),
+    upscaled (and resized to `size`, see infer.parse_size; for a 4:2:0 codec an odd last column or
+    row cropped) and its audio track copied; `encoders` > 1 encodes segments of `segment_s` seconds
+    that many at a time (see _Encoder). Returns frames, seconds, fps, size, dst, and busy: the seconds each stage (decode,
     upscale, gpu, encode) spent working, which tell the one that limits the rest."""
     import av
 
@@ -416,7 +451,10 @@ def upscale_video(
             vin = inp.streams.video[0]
             vin.thread_type = "AUTO"
             ain = inp.streams.audio[0] if inp.streams.audio else None
-            frame = (vin.width * s, vin.height * s)
+            # upright, as players show it (and as infer turns a photo by its EXIF orientation):
+            # the output has no display matrix, so every player and container shows it so
+            turn = _orientation(src)
+            frame = (vin.height * s, vin.width * s) if turn[0] else (vin.width * s, vin.height * s)
             frame = target_size(size, *frame, multiple=2) if size else frame
             if _pix_fmt(codec) == "yuv420p":  # 4:2:0 wants even sides: an odd last column or row
                 frame = (frame[0] // 2 * 2, frame[1] // 2 * 2)  # is cropped (resizing blurs all)
@@ -431,7 +469,9 @@ def upscale_video(
             # yuv420p on a GPU (it halves the bytes copied back); a CPU leaves it to swscale in the
             # encoder's thread: 80 1080p frames/s against PyTorch's 15 (EPYC, video_stages.py)
             yuv = encoder.yuv and device.type == "cuda"
-            upscale = partial(_upscaled, net, tile=tile, amp=amp, yuv=yuv, size=size, crop=frame)
+            upscale = partial(
+                _upscaled, net, tile=tile, amp=amp, yuv=yuv, size=size, crop=frame, turn=turn
+            )
             _transcode(inp, vin, ain, encoder, batch, device.type == "cuda", progress, upscale)
             if encoder.frames == 0:
                 raise SrctlError(f"{src}: no video frames decoded")
