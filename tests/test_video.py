@@ -167,6 +167,32 @@ def test_a_phone_clip_turned_by_its_display_matrix_comes_out_upright(tmp_path, t
     assert stats["size"] == ((64, 96) if portrait else (64, 42))
 
 
+def test_pixels_that_are_not_square_keep_their_aspect_ratio(tmp_path):
+    """A DVD's or a broadcast's frames are shown wider than they are stored (720x480 at 16:9): the
+    output's pixels have the same aspect ratio, in one encoder or in segments; --size is a shown
+    size, of square pixels."""
+    photo = Image.open(BSDS300 / "images" / "test" / "3096.jpg").convert("RGB")
+    src = tmp_path / "dvd.mp4"
+    with av.open(str(src), "w") as out:
+        v = out.add_stream("libx264", rate=RATE)
+        v.width, v.height, v.pix_fmt = 48, 32, "yuv420p"
+        v.codec_context.sample_aspect_ratio = Fraction(32, 27)  # shown 16:9
+        for i in range(6):
+            out.mux(v.encode(av.VideoFrame.from_image(photo.crop((i * 4, 0, i * 4 + 48, 32)))))
+        out.mux(v.encode(None))
+    net = M.ESPCN(3).eval()
+    for name, segments in (("one.mp4", 1), ("segments.mp4", 2)):
+        stats = upscale_video(src, tmp_path / name, net, encoders=segments, segment_s=0.2)
+        with av.open(str(tmp_path / name)) as f:
+            assert f.streams.video[0].sample_aspect_ratio == Fraction(32, 27), name
+            assert f.streams.video[0].display_aspect_ratio == Fraction(16, 9), name
+        assert stats["size"] == (144, 96)
+    stats = upscale_video(src, tmp_path / "sized.mp4", net, size=(None, 96))
+    assert stats["size"] == (172, 96)  # 144 x 32/27 = 170.7 wide shown: 171, even for 4:2:0
+    with av.open(str(tmp_path / "sized.mp4")) as f:
+        assert f.streams.video[0].sample_aspect_ratio in (None, 1)
+
+
 def test_a_size_too_small_for_420_is_an_error(clip, tmp_path):
     with pytest.raises(SrctlError, match="libx264's 4:2:0 needs sides of 2 pixels at least"):
         upscale_video(clip, tmp_path / "thin.mp4", M.ESPCN(3).eval(), size=(None, 1))

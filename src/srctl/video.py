@@ -183,17 +183,17 @@ def _upscaled(
 
 
 class _Encoder:
-    """The output side: a video stream of `size` (width, height) (and a copy of the input's audio
-    stream) in `out`. Frames are encoded in other threads and muxed with the audio packets, in
-    order, by a muxing thread; at most `depth` frames wait to be encoded. With `encoders` > 1 the
-    video is cut into segments of `segment_s` seconds, each encoded by an encoder of its own (so
-    each starts on a keyframe), up to `encoders` at once, and their packets are joined in order:
-    one x264 at 4K is slower than the GPU. A failure in a thread is raised in the caller's by
-    `close` (or the next `put`)."""
+    """The output side: a video stream of `size` (width, height) of pixels `sar` times as wide as
+    high (and a copy of the input's audio stream) in `out`. Frames are encoded in other threads
+    and muxed with the audio packets, in order, by a muxing thread; at most `depth` frames wait to
+    be encoded. With `encoders` > 1 the video is cut into segments of `segment_s` seconds, each
+    encoded by an encoder of its own (so each starts on a keyframe), up to `encoders` at once, and
+    their packets are joined in order: one x264 at 4K is slower than the GPU. A failure in a
+    thread is raised in the caller's by `close` (or the next `put`)."""
 
     def __init__(
         self, out, vin, ain, size, codec: str, crf: int, preset: str, depth: int, busy: _Busy,
-        encoders: int = 1, segment_s: float = 2.0,
+        encoders: int = 1, segment_s: float = 2.0, sar: Fraction = Fraction(1),
     ):  # fmt: skip
         from concurrent.futures import ThreadPoolExecutor
 
@@ -211,6 +211,8 @@ class _Encoder:
         self.tick = max(1, round(1 / (rate * self.time_base)))  # a frame's duration
         self.pts: int | None = None  # the last frame's
         self.vout.width, self.vout.height = size
+        if sar != 1:  # the pixels' aspect ratio, where players read it (H.264's VUI, mp4's pasp)
+            self.vout.codec_context.sample_aspect_ratio = sar
         self.vout.pix_fmt = _pix_fmt(codec)
         x26x = self.vout.codec_context.name.startswith("libx26")  # `h264` names libx264 too
         self.options = {"crf": str(crf), "preset": preset} if x26x else {}
@@ -269,6 +271,8 @@ class _Encoder:
         if self.frames:
             ref, ctx = ctx, av.CodecContext.create(ctx.name, "w")
             ctx.width, ctx.height, ctx.pix_fmt = ref.width, ref.height, ref.pix_fmt
+            if ref.sample_aspect_ratio:  # (None for square pixels, which PyAV cannot set)
+                ctx.sample_aspect_ratio = ref.sample_aspect_ratio
             ctx.time_base, ctx.framerate, ctx.flags = ref.time_base, ref.framerate, ref.flags
             ctx.thread_type, ctx.options = ref.thread_type, dict(self.options)
         frames, packets = Queue(), Queue()
@@ -433,8 +437,9 @@ def upscale_video(
     atomically) with every video frame of `src` turned as players show it (`_orientation`),
     upscaled (and resized to `size`, see infer.parse_size; for a 4:2:0 codec an odd last column or
     row cropped) and its audio track copied; `encoders` > 1 encodes segments of `segment_s` seconds
-    that many at a time (see _Encoder). Returns frames, seconds, fps, size, dst, and busy: the seconds each stage (decode,
-    upscale, gpu, encode) spent working, which tell the one that limits the rest."""
+    that many at a time (see _Encoder). Returns frames, seconds, fps, size, dst, and busy: the
+    seconds each stage (decode, upscale, gpu, encode) spent working, which tell the one that limits
+    the rest."""
     import av
 
     s, device = net.scale, next(net.parameters()).device
@@ -455,14 +460,32 @@ def upscale_video(
             # the output has no display matrix, so every player and container shows it so
             turn = _orientation(src)
             frame = (vin.height * s, vin.width * s) if turn[0] else (vin.width * s, vin.height * s)
-            frame = target_size(size, *frame, multiple=2) if size else frame
+            # pixels that are not square (a DVD's 720x480 shown 16:9) stay so, with their aspect
+            # ratio in the output; --size is a shown size: of square pixels
+            sar = Fraction(vin.sample_aspect_ratio or 1)
+            sar = 1 / sar if turn[0] else sar
+            if size:
+                shown = (round(frame[0] * sar), frame[1])
+                frame, sar = target_size(size, *shown, multiple=2), Fraction(1)
+            resize = frame if size else None
             if _pix_fmt(codec) == "yuv420p":  # 4:2:0 wants even sides: an odd last column or row
                 frame = (frame[0] // 2 * 2, frame[1] // 2 * 2)  # is cropped (resizing blurs all)
                 if min(frame) == 0:
                     raise SrctlError(f"{dst}: {codec}'s 4:2:0 needs sides of 2 pixels at least")
             try:
                 encoder = _Encoder(
-                    out, vin, ain, frame, codec, crf, preset, 4 * batch, busy, encoders, segment_s
+                    out,
+                    vin,
+                    ain,
+                    frame,
+                    codec,
+                    crf,
+                    preset,
+                    4 * batch,
+                    busy,
+                    encoders,
+                    segment_s,
+                    sar,
                 )
             except ValueError as exc:  # "'webm' format does not support 'aac' codec"
                 raise SrctlError(f"{dst}: {exc}; choose another --codec or suffix") from exc
@@ -470,7 +493,7 @@ def upscale_video(
             # encoder's thread: 80 1080p frames/s against PyTorch's 15 (EPYC, video_stages.py)
             yuv = encoder.yuv and device.type == "cuda"
             upscale = partial(
-                _upscaled, net, tile=tile, amp=amp, yuv=yuv, size=size, crop=frame, turn=turn
+                _upscaled, net, tile=tile, amp=amp, yuv=yuv, size=resize, crop=frame, turn=turn
             )
             _transcode(inp, vin, ain, encoder, batch, device.type == "cuda", progress, upscale)
             if encoder.frames == 0:
