@@ -193,6 +193,17 @@ def test_pixels_that_are_not_square_keep_their_aspect_ratio(tmp_path):
         assert f.streams.video[0].sample_aspect_ratio in (None, 1)
 
 
+def test_420_output_says_which_colours_it_holds(clip, tmp_path):
+    """Its YUV is BT.601 studio range (swscale's and rgb_to_yuv420p's), tagged so: untagged, players
+    decode HD sizes as BT.709, and reds and greens shift. In one encoder and in segments."""
+    net = M.ESPCN(3).eval()
+    for name, segments in (("one.mp4", 1), ("segments.mp4", 2)):
+        upscale_video(clip, tmp_path / name, net, encoders=segments, segment_s=0.3)
+        with av.open(str(tmp_path / name)) as f:
+            frame = next(f.decode(video=0))
+        assert (frame.format.name, frame.colorspace, frame.color_range) == ("yuv420p", 6, 1)
+
+
 def test_a_size_too_small_for_420_is_an_error(clip, tmp_path):
     with pytest.raises(SrctlError, match="libx264's 4:2:0 needs sides of 2 pixels at least"):
         upscale_video(clip, tmp_path / "thin.mp4", M.ESPCN(3).eval(), size=(None, 1))

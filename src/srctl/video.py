@@ -214,6 +214,11 @@ class _Encoder:
         if sar != 1:  # the pixels' aspect ratio, where players read it (H.264's VUI, mp4's pasp)
             self.vout.codec_context.sample_aspect_ratio = sar
         self.vout.pix_fmt = _pix_fmt(codec)
+        if self.vout.pix_fmt == "yuv420p":
+            # what both paths make (swscale's default, color.rgb_to_yuv420p): BT.601, studio range;
+            # untagged, players take HD sizes for BT.709 and shift the colours
+            self.vout.codec_context.colorspace = 6  # AVCOL_SPC_SMPTE170M
+            self.vout.codec_context.color_range = 1  # AVCOL_RANGE_MPEG
         x26x = self.vout.codec_context.name.startswith("libx26")  # `h264` names libx264 too
         self.options = {"crf": str(crf), "preset": preset} if x26x else {}
         self.vout.options = dict(self.options)  # (emptied when the encoder opens)
@@ -271,6 +276,7 @@ class _Encoder:
         if self.frames:
             ref, ctx = ctx, av.CodecContext.create(ctx.name, "w")
             ctx.width, ctx.height, ctx.pix_fmt = ref.width, ref.height, ref.pix_fmt
+            ctx.colorspace, ctx.color_range = ref.colorspace, ref.color_range
             if ref.sample_aspect_ratio:  # (None for square pixels, which PyAV cannot set)
                 ctx.sample_aspect_ratio = ref.sample_aspect_ratio
             ctx.time_base, ctx.framerate, ctx.flags = ref.time_base, ref.framerate, ref.flags
