@@ -480,19 +480,9 @@ def upscale_video(
                     raise SrctlError(f"{dst}: {codec}'s 4:2:0 needs sides of 2 pixels at least")
             try:
                 encoder = _Encoder(
-                    out,
-                    vin,
-                    ain,
-                    frame,
-                    codec,
-                    crf,
-                    preset,
-                    4 * batch,
-                    busy,
-                    encoders,
-                    segment_s,
+                    out, vin, ain, frame, codec, crf, preset, 4 * batch, busy, encoders, segment_s,
                     sar,
-                )
+                )  # fmt: skip
             except ValueError as exc:  # "'webm' format does not support 'aac' codec"
                 raise SrctlError(f"{dst}: {exc}; choose another --codec or suffix") from exc
             # yuv420p on a GPU (it halves the bytes copied back); a CPU leaves it to swscale in the
