@@ -21,12 +21,14 @@ from conftest import BSDS300, srctl_cli
 RATE = 12
 
 
-def _make_clip(path, frames=10, size=(48, 32)):
-    """A panning crop of a BSDS300 photo, mpeg4 at 12 frames/s, with a 440 Hz AAC track."""
+def _make_clip(path, frames=10, size=(48, 32), codec="mpeg4", stream=lambda v: None):
+    """A panning crop of a BSDS300 photo, `codec` at 12 frames/s (`stream` sets more of its video
+    stream: a display matrix, an aspect ratio), with a 440 Hz AAC track."""
     photo = Image.open(BSDS300 / "images" / "test" / "3096.jpg").convert("RGB")
     with av.open(str(path), "w") as out:
-        v = out.add_stream("mpeg4", rate=RATE)
-        v.width, v.height, v.pix_fmt = *size, "yuv420p"
+        v = out.add_stream(codec, rate=RATE)
+        v.width, v.height, v.pix_fmt = *size, "rgb24" if codec == "png" else "yuv420p"
+        stream(v)
         a = out.add_stream("aac", rate=16000)
         for i in range(frames):
             crop = photo.crop((i * 4, 0, i * 4 + size[0], size[1]))
@@ -145,15 +147,8 @@ def test_a_phone_clip_turned_by_its_display_matrix_comes_out_upright(tmp_path, t
     """A phone stores a clip filmed upright as landscape frames and a turn in the display matrix,
     which players apply. The output is upright (as infer turns a photo by its EXIF orientation),
     its size and --size are the shown ones, and it has no matrix (it is not turned twice)."""
-    photo = Image.open(BSDS300 / "images" / "test" / "3096.jpg").convert("RGB")
     src = tmp_path / "phone.mov"
-    with av.open(str(src), "w") as out:
-        v = out.add_stream("png", rate=RATE)
-        v.width, v.height, v.pix_fmt = 48, 32, "rgb24"
-        v.set_display_rotation(turned)
-        for i in range(3):
-            out.mux(v.encode(av.VideoFrame.from_image(photo.crop((i * 4, 0, i * 4 + 48, 32)))))
-        out.mux(v.encode(None))
+    _make_clip(src, frames=3, codec="png", stream=lambda v: v.set_display_rotation(turned))
     net = M.ESPCN.named("contrast", 3).eval()
     portrait = turned != 180
     stats = upscale_video(src, tmp_path / "up.mov", net, codec="png")
@@ -171,15 +166,12 @@ def test_pixels_that_are_not_square_keep_their_aspect_ratio(tmp_path):
     """A DVD's or a broadcast's frames are shown wider than they are stored (720x480 at 16:9): the
     output's pixels have the same aspect ratio, in one encoder or in segments; --size is a shown
     size, of square pixels."""
-    photo = Image.open(BSDS300 / "images" / "test" / "3096.jpg").convert("RGB")
-    src = tmp_path / "dvd.mp4"
-    with av.open(str(src), "w") as out:
-        v = out.add_stream("libx264", rate=RATE)
-        v.width, v.height, v.pix_fmt = 48, 32, "yuv420p"
+
+    def anamorphic(v):
         v.codec_context.sample_aspect_ratio = Fraction(32, 27)  # shown 16:9
-        for i in range(6):
-            out.mux(v.encode(av.VideoFrame.from_image(photo.crop((i * 4, 0, i * 4 + 48, 32)))))
-        out.mux(v.encode(None))
+
+    src = tmp_path / "dvd.mp4"
+    _make_clip(src, frames=6, codec="libx264", stream=anamorphic)
     net = M.ESPCN(3).eval()
     for name, segments in (("one.mp4", 1), ("segments.mp4", 2)):
         stats = upscale_video(src, tmp_path / name, net, encoders=segments, segment_s=0.2)
