@@ -27,6 +27,7 @@ from srctl import model as M
 from srctl.color import rgb_to_yuv420p
 from srctl.device import autocast_dtype, pick_device
 from srctl.upscale import upscale_batch
+from srctl.video import _colours, _to_rgb
 
 
 def main() -> None:
@@ -42,8 +43,10 @@ def main() -> None:
     amp = autocast_dtype(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    start = time.perf_counter()
-    frames = [f.to_ndarray(format="rgb24") for f in av.open(clip).decode(video=0)]
+    start, frames, rgb = time.perf_counter(), [], None
+    for f in av.open(clip).decode(video=0):
+        rgb = rgb or _to_rgb(_colours(f)[0])  # as srctl video decodes (HDR: tone-mapped)
+        frames.append(rgb(f))
     print(
         f"decode + to RGB: {len(frames) / (time.perf_counter() - start):.1f} frames/s "
         f"({len(frames)} frames)"

@@ -14,17 +14,26 @@ from srctl import model as M
 from srctl.errors import SrctlError
 from srctl.pictures import TILE
 from srctl.upscale import upscale_image
-from srctl.video import _upscaled, upscale_video
+from srctl.video import HLG, PQ, _upscaled, upscale_video
 
 from conftest import BSDS300, srctl_cli
 
 RATE = 12
 
 
-def _make_clip(path, frames=10, size=(48, 32), codec="mpeg4", stream=lambda v: None):
-    """A panning crop of a BSDS300 photo, `codec` at 12 frames/s (`stream` sets more of its video
-    stream: a display matrix, an aspect ratio), with a 440 Hz AAC track."""
-    photo = Image.open(BSDS300 / "images" / "test" / "3096.jpg").convert("RGB")
+def _photo(name="3096.jpg", width=None):
+    photo = Image.open(BSDS300 / "images" / "test" / name).convert("RGB")
+    return photo.resize((width, width * photo.height // photo.width)) if width else photo
+
+
+def _make_clip(
+    path, frames=10, size=(48, 32), codec="mpeg4", stream=lambda v: None, frame=lambda f: f,
+    photo=None,
+):  # fmt: skip
+    """A panning crop of `photo` (a BSDS300 one by default), `codec` at 12 frames/s (`stream` sets
+    more of its video stream: a display matrix, an aspect ratio; `frame` converts each RGB frame),
+    with a 440 Hz AAC track."""
+    photo = photo or _photo()
     with av.open(str(path), "w") as out:
         v = out.add_stream(codec, rate=RATE)
         v.width, v.height, v.pix_fmt = *size, "rgb24" if codec == "png" else "yuv420p"
@@ -32,7 +41,7 @@ def _make_clip(path, frames=10, size=(48, 32), codec="mpeg4", stream=lambda v: N
         a = out.add_stream("aac", rate=16000)
         for i in range(frames):
             crop = photo.crop((i * 4, 0, i * 4 + size[0], size[1]))
-            out.mux(v.encode(av.VideoFrame.from_image(crop)))
+            out.mux(v.encode(frame(av.VideoFrame.from_image(crop))))
         out.mux(v.encode(None))
         t = np.arange(16000 * frames // RATE) / 16000
         samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
@@ -194,6 +203,53 @@ def test_420_output_says_which_colours_it_holds(clip, tmp_path):
         with av.open(str(tmp_path / name)) as f:
             frame = next(f.decode(video=0))
         assert (frame.format.name, frame.colorspace, frame.color_range) == ("yuv420p", 6, 1)
+
+
+@pytest.mark.parametrize("transfer", [HLG, PQ], ids=["hlg", "pq"])
+def test_an_hdr_clip_comes_out_in_the_sdr_colours_it_shows(tmp_path, transfer):
+    """A phone's HLG clip or an HDR10 one (PQ), 10-bit BT.2020: decoded as stored, its values came
+    out grey and washed out (the output 3.7 and 7.8 levels off on average here); now they are
+    tone-mapped to BT.709 SDR, which the network's training photos are (0.35 and 0.31 off), and
+    tagged so (in segments too)."""
+
+    def hdr(v):
+        v.pix_fmt, v.options = "yuv420p10le", {"qp": "0"}  # lossless
+        ctx = v.codec_context
+        ctx.colorspace, ctx.color_range, ctx.color_trc, ctx.color_primaries = 9, 1, transfer, 9
+
+    def to_hdr(frame):  # the SDR photo as an HDR camera holds it
+        return frame.reformat(
+            format="yuv420p10le", dst_colorspace=9, dst_color_range=1, dst_color_trc=transfer,
+            dst_color_primaries=9,
+        )  # fmt: skip
+
+    src = tmp_path / "hdr.mov"
+    _make_clip(src, frames=2, codec="libx264", stream=hdr, frame=to_hdr)
+    net = M.ESPCN(3).eval()
+    upscale_video(src, tmp_path / "up.mov", net, codec="png")
+    want = np.asarray(upscale_image(net, _photo().crop((0, 0, 48, 32))), dtype=int)
+    got = np.asarray(_frames(tmp_path / "up.mov")[0], dtype=int)
+    assert np.abs(got - want).mean() < 1
+    upscale_video(src, tmp_path / "up.mp4", net, encoders=2, segment_s=0.1)
+    with av.open(str(tmp_path / "up.mp4")) as f:
+        frame = next(f.decode(video=0))
+    assert (frame.color_primaries, frame.color_trc) == (1, 1)  # BT.709 SDR
+
+
+def test_an_untagged_hd_clip_is_decoded_as_players_do(tmp_path):
+    """An HD camera's YUV is BT.709; untagged, players take BT.709 for HD sizes, and so does srctl
+    now: swscale took BT.601, and the output was 3.4 levels off on average here (now 0.45)."""
+    photo, src = _photo("147091.jpg", width=1290), tmp_path / "hd.mov"
+    _make_clip(
+        src, frames=2, size=(1280, 8), codec="libx264", photo=photo,
+        stream=lambda v: setattr(v, "options", {"qp": "0"}),  # lossless, no colour tags
+        frame=lambda f: f.reformat(format="yuv420p", dst_colorspace=1, dst_color_range=1),
+    )  # fmt: skip
+    net = M.ESPCN(3).eval()
+    upscale_video(src, tmp_path / "up.mov", net, codec="png")
+    want = np.asarray(upscale_image(net, photo.crop((0, 0, 1280, 8))), dtype=int)
+    got = np.asarray(_frames(tmp_path / "up.mov")[0], dtype=int)
+    assert np.abs(got - want).mean() < 1
 
 
 def test_a_size_too_small_for_420_is_an_error(clip, tmp_path):

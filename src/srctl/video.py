@@ -1,11 +1,11 @@
 """Upscale a video: frames in batches through the same path as `srctl infer`, audio copied as is.
 
-PyAV (FFmpeg's libraries) decodes and encodes; each frame goes RGB -> upscale_batch -> RGB, so a
-frame of the output equals `srctl infer` on that frame before the codec compresses it. Three stages,
-each in its own thread so that they overlap: `_decoded` (demux + decode into NHWC batches, pinned
-on a GPU; `_prefetched` runs it), `_upscaled` (the network, in the caller's thread; on a GPU it only
-queues work), `_Encoder` (encodes, in segments by several encoders at once if asked, and muxes in
-order, once the GPU has copied a batch back).
+PyAV (FFmpeg's libraries) decodes and encodes; each frame goes RGB (as players show it: turned,
+SDR) -> upscale_batch -> RGB, so a frame of the output equals `srctl infer` on that frame before
+the codec compresses it. Three stages, each in its own thread so that they overlap: `_decoded`
+(demux + decode into NHWC batches, pinned on a GPU; `_prefetched` runs it), `_upscaled` (the
+network, in the caller's thread; on a GPU it only queues work), `_Encoder` (encodes, in segments
+by several encoders at once if asked, and muxes in order, once the GPU has copied a batch back).
 """
 
 from __future__ import annotations
@@ -43,18 +43,25 @@ def _pix_fmt(codec: str) -> str:
     return "rgb24" if "rgb24" in formats else "yuv420p"
 
 
-def _orientation(src: Path) -> tuple[bool, bool, bool]:
-    """How players turn `src`'s stored frames, from the display matrix of its first frame: (swap
+def _how_shown(src: Path) -> tuple[tuple[bool, bool, bool], dict, tuple[int, int]]:
+    """How players show `src`, told by its first frame: its turn (`_orientation`), and the
+    options that decode its frames to the RGB they show and the colour primaries and transfer
+    that RGB then has (`_colours`)."""
+    with _open(src) as inp:
+        first = next(inp.decode(video=0), None)
+        return _orientation(first), *_colours(first)
+
+
+def _orientation(first) -> tuple[bool, bool, bool]:
+    """How players turn the stored frames, from the display matrix of the first frame: (swap
     width and height, then mirror left-right, mirror top-bottom). A phone stores a clip filmed
     upright as landscape frames with a quarter turn in that matrix; angles other than multiples of
     90 degrees are left as stored."""
     import av
     import numpy as np
 
-    with _open(src) as inp:
-        first = next(inp.decode(video=0), None)
-        kind = av.sidedata.sidedata.Type.DISPLAYMATRIX
-        matrix = bytes(first.side_data[kind]) if first and kind in first.side_data else None
+    kind = av.sidedata.sidedata.Type.DISPLAYMATRIX
+    matrix = bytes(first.side_data[kind]) if first and kind in first.side_data else None
     if matrix is None:
         return False, False, False
     # FFmpeg's layout: a stored point (p, q) is shown at (a p + c q, b p + d q) (+ an offset)
@@ -64,6 +71,31 @@ def _orientation(src: Path) -> tuple[bool, bool, bool]:
     if b == c == 0 and a and d:
         return False, a < 0, d < 0
     return False, False, False
+
+
+# AVColorTransferCharacteristic / AVColorPrimaries values (ITU-T H.273)
+BT709, UNSPECIFIED, PQ, HLG = 1, 2, 16, 18
+WIDE_GAMUT = (9, 11, 12)  # BT.2020, DCI-P3, Display P3
+
+
+def _colours(first) -> tuple[dict, tuple[int, int]]:
+    """swscale's options that turn frames like `first` into the RGB the network was trained on
+    (SDR photos, BT.709 primaries) as players show them, and the (primaries, transfer) of that
+    RGB: the output's tags.
+
+    A YUV matrix that is not tagged is the one players guess: BT.709 for HD sizes, BT.601 below
+    (mpv's and VLC's rule; swscale would take BT.601 for all). HDR (a phone's HLG, HDR10's PQ)
+    and wide gamuts are tone- and gamut-mapped to BT.709 SDR by swscale: decoded as they are,
+    their values came out grey and washed out."""
+    if first is None:
+        return {}, (UNSPECIFIED, UNSPECIFIED)
+    options = {}
+    if first.colorspace == UNSPECIFIED and (first.width >= 1280 or first.height > 576):
+        options["src_colorspace"] = "itu709"
+    if first.color_trc in (PQ, HLG) or first.color_primaries in WIDE_GAMUT:
+        options.update(dst_color_trc=BT709, dst_color_primaries=BT709)
+        return options, (BT709, BT709)
+    return options, (first.color_primaries, first.color_trc)
 
 
 def _upright(x: torch.Tensor, turn: tuple[bool, bool, bool]) -> torch.Tensor:
@@ -89,17 +121,29 @@ class _Busy:
             self.seconds[stage] += time.perf_counter() - start
 
 
-def _decoded(inp, vin, ain, batch: int, pin: bool, busy: _Busy) -> Iterator[tuple]:
+def _to_rgb(colours: dict):
+    """frame -> uint8 [H, W, 3] RGB array, by swscale with the options `colours` (`_colours`), in
+    one swscale context for every frame: a tone map's set-up (1.8 s on the EPYC) is paid once, not
+    per frame as `frame.to_ndarray` would."""
+    from av.video.reformatter import VideoReformatter
+
+    reformat = partial(VideoReformatter().reformat, format="rgb24", **colours)
+    return lambda frame: reformat(frame).to_ndarray()
+
+
+def _decoded(inp, vin, ain, batch: int, pin: bool, busy: _Busy, colours: dict) -> Iterator[tuple]:
     """In stream order: (audio packets, uint8 [N, H, W, 3] RGB batch of up to `batch` decoded
     frames or None at the end, the frames' timestamps), the batch in pinned memory if `pin` (for an
-    asynchronous copy to the GPU). The muxer interleaves the audio by time, so it may travel with
-    the next batch."""
+    asynchronous copy to the GPU), decoded to RGB with swscale's options `colours` (`_colours`).
+    The muxer interleaves the audio by time, so it may travel with the next batch."""
+
+    rgb = _to_rgb(colours)
 
     def stacked(frames: list) -> torch.Tensor:
-        first = frames[0].to_ndarray(format="rgb24")
+        first = rgb(frames[0])
         x = torch.empty((len(frames), *first.shape), dtype=torch.uint8, pin_memory=pin)
         for i, f in enumerate(frames):
-            x[i] = torch.from_numpy(first if i == 0 else f.to_ndarray(format="rgb24"))
+            x[i] = torch.from_numpy(first if i == 0 else rgb(f))
         return x
 
     audio: list = []
@@ -184,16 +228,18 @@ def _upscaled(
 
 class _Encoder:
     """The output side: a video stream of `size` (width, height) of pixels `sar` times as wide as
-    high (and a copy of the input's audio stream) in `out`. Frames are encoded in other threads
-    and muxed with the audio packets, in order, by a muxing thread; at most `depth` frames wait to
-    be encoded. With `encoders` > 1 the video is cut into segments of `segment_s` seconds, each
-    encoded by an encoder of its own (so each starts on a keyframe), up to `encoders` at once, and
-    their packets are joined in order: one x264 at 4K is slower than the GPU. A failure in a
-    thread is raised in the caller's by `close` (or the next `put`)."""
+    high, its colours of (primaries, transfer) `tags`, and a copy of the input's audio stream, in
+    `out`. Frames are encoded in other threads and muxed with the audio packets, in order, by a
+    muxing thread; at most `depth` frames wait to be encoded. With `encoders` > 1 the video is cut
+    into segments of `segment_s` seconds, each encoded by an encoder of its own (so each starts on
+    a keyframe), up to `encoders` at once, and their packets are joined in order: one x264 at 4K
+    is slower than the GPU. A failure in a thread is raised in the caller's by `close` (or the
+    next `put`)."""
 
     def __init__(
         self, out, vin, ain, size, codec: str, crf: int, preset: str, depth: int, busy: _Busy,
         encoders: int = 1, segment_s: float = 2.0, sar: Fraction = Fraction(1),
+        tags: tuple[int, int] = (UNSPECIFIED, UNSPECIFIED),
     ):  # fmt: skip
         from concurrent.futures import ThreadPoolExecutor
 
@@ -214,6 +260,7 @@ class _Encoder:
         if sar != 1:  # the pixels' aspect ratio, where players read it (H.264's VUI, mp4's pasp)
             self.vout.codec_context.sample_aspect_ratio = sar
         self.vout.pix_fmt = _pix_fmt(codec)
+        self.vout.codec_context.color_primaries, self.vout.codec_context.color_trc = tags
         if self.vout.pix_fmt == "yuv420p":
             # what both paths make (swscale's default, color.rgb_to_yuv420p): BT.601, studio range;
             # untagged, players take HD sizes for BT.709 and shift the colours
@@ -277,6 +324,7 @@ class _Encoder:
             ref, ctx = ctx, av.CodecContext.create(ctx.name, "w")
             ctx.width, ctx.height, ctx.pix_fmt = ref.width, ref.height, ref.pix_fmt
             ctx.colorspace, ctx.color_range = ref.colorspace, ref.color_range
+            ctx.color_primaries, ctx.color_trc = ref.color_primaries, ref.color_trc
             if ref.sample_aspect_ratio:  # (None for square pixels, which PyAV cannot set)
                 ctx.sample_aspect_ratio = ref.sample_aspect_ratio
             ctx.time_base, ctx.framerate, ctx.flags = ref.time_base, ref.framerate, ref.flags
@@ -396,16 +444,16 @@ def _open(src: Path):
 
 
 def _transcode(
-    inp, vin, ain, encoder: _Encoder, batch: int, pin: bool, progress: bool, upscale
+    inp, vin, ain, encoder: _Encoder, batch: int, pin: bool, progress: bool, upscale, colours: dict
 ) -> None:
-    """Decode `inp` in batches of frames (a thread ahead), `upscale` each batch, hand frames and
-    audio packets to `encoder` in order, and close it (after a failure without checking: that one
-    is reported)."""
+    """Decode `inp` in batches of frames (a thread ahead; to RGB with swscale's options `colours`),
+    `upscale` each batch, hand frames and audio packets to `encoder` in order, and close it (after
+    a failure without checking: that one is reported)."""
     from tqdm import tqdm
 
     busy = encoder.busy
     bar = tqdm(total=vin.frames or None, unit="frame", disable=not progress, file=sys.stderr)
-    items = _prefetched(_decoded(inp, vin, ain, batch, pin, busy), depth=2)
+    items = _prefetched(_decoded(inp, vin, ain, batch, pin, busy, colours), depth=2)
     try:
         with contextlib.closing(items):  # the decoding thread ends before the input is closed
             for audio, x, pts in items:
@@ -440,12 +488,12 @@ def upscale_video(
     segment_s: float = 2.0,
 ) -> dict:
     """Write `dst` (default: <stem>_x<scale>.mp4 beside `src`, or in `dst` if that is a folder;
-    atomically) with every video frame of `src` turned as players show it (`_orientation`),
-    upscaled (and resized to `size`, see infer.parse_size; for a 4:2:0 codec an odd last column or
-    row cropped) and its audio track copied; `encoders` > 1 encodes segments of `segment_s` seconds
-    that many at a time (see _Encoder). Returns frames, seconds, fps, size, dst, and busy: the
-    seconds each stage (decode, upscale, gpu, encode) spent working, which tell the one that limits
-    the rest."""
+    atomically) with every video frame of `src` turned and coloured as players show it
+    (`_how_shown`), upscaled (and resized to `size`, see infer.parse_size; for a 4:2:0 codec an odd
+    last column or row cropped) and its audio track copied; `encoders` > 1 encodes segments of
+    `segment_s` seconds that many at a time (see _Encoder). Returns frames, seconds, fps, size,
+    dst, and busy: the seconds each stage (decode, upscale, gpu, encode) spent working, which tell
+    the one that limits the rest."""
     import av
 
     s, device = net.scale, next(net.parameters()).device
@@ -462,9 +510,9 @@ def upscale_video(
             vin = inp.streams.video[0]
             vin.thread_type = "AUTO"
             ain = inp.streams.audio[0] if inp.streams.audio else None
-            # upright, as players show it (and as infer turns a photo by its EXIF orientation):
-            # the output has no display matrix, so every player and container shows it so
-            turn = _orientation(src)
+            # upright and in the colours players show (as infer turns a photo by its EXIF
+            # orientation): the output has no display matrix, and SDR colours tagged as such
+            turn, colours, tags = _how_shown(src)
             frame = (vin.height * s, vin.width * s) if turn[0] else (vin.width * s, vin.height * s)
             # pixels that are not square (a DVD's 720x480 shown 16:9) stay so, with their aspect
             # ratio in the output; --size is a shown size: of square pixels
@@ -481,7 +529,7 @@ def upscale_video(
             try:
                 encoder = _Encoder(
                     out, vin, ain, frame, codec, crf, preset, 4 * batch, busy, encoders, segment_s,
-                    sar,
+                    sar, tags,
                 )  # fmt: skip
             except ValueError as exc:  # "'webm' format does not support 'aac' codec"
                 raise SrctlError(f"{dst}: {exc}; choose another --codec or suffix") from exc
@@ -491,7 +539,8 @@ def upscale_video(
             upscale = partial(
                 _upscaled, net, tile=tile, amp=amp, yuv=yuv, size=resize, crop=frame, turn=turn
             )
-            _transcode(inp, vin, ain, encoder, batch, device.type == "cuda", progress, upscale)
+            pin = device.type == "cuda"
+            _transcode(inp, vin, ain, encoder, batch, pin, progress, upscale, colours)
             if encoder.frames == 0:
                 raise SrctlError(f"{src}: no video frames decoded")
     except av.error.FFmpegError as exc:

@@ -1,0 +1,59 @@
+"""What an HDR clip costs `srctl video`'s decoder, in one run, for the same frames: the decode to
+RGB as 8-bit SDR (BT.709), as 10-bit HDR (a phone's HLG, BT.2020) decoded as stored (srctl's old
+way: grey, washed-out values) and as srctl decodes HDR now (tone- and gamut-mapped to BT.709 SDR
+by swscale, `video._colours`), each through `video._to_rgb`.
+
+Usage: python bench/video_colours.py [WxH ...]   (default 640x360 1280x720; 60 frames of
+       video_speed.py's panning photo)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import av
+from av.video.reformatter import VideoReformatter
+from PIL import Image
+from video_speed import PHOTO  # bench/, beside this script
+
+from srctl.video import HLG, _colours, _to_rgb
+
+FRAMES = 60
+BT2020 = 9  # AVColorSpace and AVColorPrimaries both
+
+
+def timed(frames: list, options: dict) -> tuple[float, float]:
+    """srctl's decode to RGB: seconds for the first frame (swscale's set-up, once a clip) and
+    frames/s of the others."""
+    rgb, start = _to_rgb(options), time.perf_counter()
+    rgb(frames[0])
+    first, start = time.perf_counter() - start, time.perf_counter()
+    for f in frames[1:]:
+        rgb(f)
+    return first, (len(frames) - 1) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    for size in sys.argv[1:] or ["640x360", "1280x720"]:
+        w, h = map(int, size.split("x"))
+        photo = Image.open(PHOTO).convert("RGB").resize((w + 2 * FRAMES, h + FRAMES))
+        crops = (photo.crop((2 * i, i, 2 * i + w, i + h)) for i in range(FRAMES))
+        rgb = [av.VideoFrame.from_image(crop) for crop in crops]
+        sdr = [f.reformat(format="yuv420p", dst_colorspace=1, dst_color_range=1) for f in rgb]
+        hlg = dict(dst_colorspace=BT2020, dst_color_trc=HLG, dst_color_primaries=BT2020)
+        to_hdr = VideoReformatter()  # one swscale context: its set-up takes seconds
+        hdr = [to_hdr.reformat(f, format="yuv420p10le", dst_color_range=1, **hlg) for f in rgb]
+        options = _colours(hdr[0])[0]
+        assert options, "an HLG frame is tone-mapped"
+        runs = {
+            "8-bit SDR": timed(sdr, _colours(sdr[0])[0]),
+            "10-bit HLG as stored": timed(hdr, {}),
+            "10-bit HLG tone-mapped to SDR (srctl)": timed(hdr, options),
+        }
+        for name, (first, fps) in runs.items():
+            print(f"{size} {name}: first frame {first:.2f} s, then {fps:.1f} frames/s")
+
+
+if __name__ == "__main__":
+    main()
