@@ -1,7 +1,7 @@
 """What an HDR clip costs `srctl video`'s decoder, in one run, for the same frames: the decode to
 RGB as 8-bit SDR (BT.709), as 10-bit HDR (a phone's HLG, BT.2020) decoded as stored (srctl's old
 way: grey, washed-out values) and as srctl decodes HDR now (tone- and gamut-mapped to BT.709 SDR
-by swscale, `video._colours`), each through `video._to_rgb`.
+by swscale, `video._colours`), each through `video._ToRGB`.
 
 Usage: python bench/video_colours.py [WxH ...]   (default 640x360 1280x720; 60 frames of
        video_speed.py's panning photo)
@@ -17,7 +17,7 @@ from av.video.reformatter import VideoReformatter
 from PIL import Image
 from video_speed import PHOTO  # bench/, beside this script
 
-from srctl.video import HLG, _colours, _to_rgb
+from srctl.video import HLG, _colours, _ToRGB
 
 FRAMES = 60
 BT2020 = 9  # AVColorSpace and AVColorPrimaries both
@@ -26,7 +26,7 @@ BT2020 = 9  # AVColorSpace and AVColorPrimaries both
 def timed(frames: list, options: dict) -> tuple[float, float]:
     """srctl's decode to RGB: seconds for the first frame (swscale's set-up, once a clip) and
     frames/s of the others."""
-    rgb, start = _to_rgb(options), time.perf_counter()
+    rgb, start = _ToRGB(options, (frames[0].width, frames[0].height)), time.perf_counter()
     rgb(frames[0])
     first, start = time.perf_counter() - start, time.perf_counter()
     for f in frames[1:]:

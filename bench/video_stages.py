@@ -27,7 +27,7 @@ from srctl import model as M
 from srctl.color import rgb_to_yuv420p
 from srctl.device import autocast_dtype, pick_device
 from srctl.upscale import upscale_batch
-from srctl.video import _colours, _to_rgb
+from srctl.video import _colours, _ToRGB
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
 
     start, frames, rgb = time.perf_counter(), [], None
     for f in av.open(clip).decode(video=0):
-        rgb = rgb or _to_rgb(_colours(f)[0])  # as srctl video decodes (HDR: tone-mapped)
+        rgb = rgb or _ToRGB(_colours(f)[0], (f.width, f.height))  # as srctl video decodes
         frames.append(rgb(f))
     print(
         f"decode + to RGB: {len(frames) / (time.perf_counter() - start):.1f} frames/s "

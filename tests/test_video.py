@@ -252,6 +252,41 @@ def test_an_untagged_hd_clip_is_decoded_as_players_do(tmp_path):
     assert np.abs(got - want).mean() < 1
 
 
+def test_frames_of_another_size_are_scaled_to_the_first_ones(tmp_path):
+    """A video call's recording changes resolution as the network allows (clips joined do too):
+    frames of another size are scaled to the first frame's before the network (a batch of them
+    failed with a traceback), and the CLI says how many."""
+    src, photo, sizes = tmp_path / "call.ts", _photo(), [(48, 32)] * 3 + [(72, 48)] * 4
+    with av.open(str(src), "w") as out:  # MPEG-TS: each encoder's H.264 headers in the stream
+        stream = out.add_stream("libx264", rate=RATE)
+        stream.width, stream.height, stream.pix_fmt = *sizes[0], "yuv420p"
+        for i, size in enumerate(sizes):
+            if i == 0 or size != sizes[i - 1]:
+                ctx = av.CodecContext.create("libx264", "w")
+                ctx.width, ctx.height, ctx.pix_fmt = *size, "yuv420p"
+                ctx.time_base, ctx.options = Fraction(1, RATE), {"qp": "0"}  # lossless
+            frame = av.VideoFrame.from_image(photo.crop((0, 0, 96, 64)).resize(size))
+            frame.pts = i
+            last = i + 1 == len(sizes) or sizes[i + 1] != size
+            for packet in ctx.encode(frame) + (ctx.encode(None) if last else []):
+                packet.stream = stream
+                out.mux(packet)
+    model = tmp_path / "model"
+    net = M.ESPCN(3).eval()
+    M.save(net, model)
+    opts = ["-o", "up.mov", "--codec", "png", "--model-dir", str(model)]  # png: lossless RGB
+    res = srctl_cli("video", str(src), *opts, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "(7 frames; 4 of another size scaled to the first's, 144x96," in res.stdout
+    stored, got = _frames(src), _frames(tmp_path / "up.mov")
+    assert [f.size for f in got] == [(144, 96)] * 7
+    for frame, up in zip(stored, got, strict=True):
+        want = np.asarray(upscale_image(net, frame.resize((48, 32), Image.BICUBIC)), dtype=int)
+        diff = np.abs(np.asarray(up, dtype=int) - want)
+        # swscale's bicubic is not PIL's: 0.59 levels apart on average here
+        assert diff.max() <= 1 if frame.size == (48, 32) else diff.mean() < 1.5
+
+
 def test_a_size_too_small_for_420_is_an_error(clip, tmp_path):
     with pytest.raises(SrctlError, match="libx264's 4:2:0 needs sides of 2 pixels at least"):
         upscale_video(clip, tmp_path / "thin.mp4", M.ESPCN(3).eval(), size=(None, 1))

@@ -178,9 +178,10 @@ def video(
     )
     w, h = stats["size"]
     busy = ", ".join(f"{k} {v:.1f} s" for k, v in stats["busy"].items() if v >= 0.05)
+    scaled = f"; {stats['scaled']} of another size scaled to the first's" if stats["scaled"] else ""
     typer.echo(
-        f"{src} -> {stats['dst']} ({stats['frames']} frames, {w}x{h}, {stats['fps']:.1f} frames/s; "
-        f"working: {busy})"
+        f"{src} -> {stats['dst']} ({stats['frames']} frames{scaled}, {w}x{h}, "
+        f"{stats['fps']:.1f} frames/s" + (f"; working: {busy})" if busy else ")")
     )
 
 

@@ -20,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from queue import Empty, Queue
 
+import numpy as np
 import torch
 
 from srctl import model as M
@@ -43,13 +44,16 @@ def _pix_fmt(codec: str) -> str:
     return "rgb24" if "rgb24" in formats else "yuv420p"
 
 
-def _how_shown(src: Path) -> tuple[tuple[bool, bool, bool], dict, tuple[int, int]]:
-    """How players show `src`, told by its first frame: its turn (`_orientation`), and the
-    options that decode its frames to the RGB they show and the colour primaries and transfer
-    that RGB then has (`_colours`)."""
+def _how_shown(src: Path) -> tuple[tuple[int, int], tuple[bool, bool, bool], dict, tuple]:
+    """How players show `src`, told by its first frame: its stored size (width, height; FFmpeg's
+    stream size may be a later frame's), its turn (`_orientation`), and the options that decode
+    its frames to the RGB they show and the colour primaries and transfer that RGB then has
+    (`_colours`)."""
     with _open(src) as inp:
         first = next(inp.decode(video=0), None)
-        return _orientation(first), *_colours(first)
+        stream = inp.streams.video[0]
+        size = (first.width, first.height) if first else (stream.width, stream.height)
+        return size, _orientation(first), *_colours(first)
 
 
 def _orientation(first) -> tuple[bool, bool, bool]:
@@ -58,7 +62,6 @@ def _orientation(first) -> tuple[bool, bool, bool]:
     upright as landscape frames with a quarter turn in that matrix; angles other than multiples of
     90 degrees are left as stored."""
     import av
-    import numpy as np
 
     kind = av.sidedata.sidedata.Type.DISPLAYMATRIX
     matrix = bytes(first.side_data[kind]) if first and kind in first.side_data else None
@@ -121,23 +124,35 @@ class _Busy:
             self.seconds[stage] += time.perf_counter() - start
 
 
-def _to_rgb(colours: dict):
-    """frame -> uint8 [H, W, 3] RGB array, by swscale with the options `colours` (`_colours`), in
-    one swscale context for every frame: a tone map's set-up (1.8 s on the EPYC) is paid once, not
-    per frame as `frame.to_ndarray` would."""
-    from av.video.reformatter import VideoReformatter
+class _ToRGB:
+    """Decoded frames -> uint8 [H, W, 3] RGB arrays of `size` (width, height), by swscale with the
+    options `colours` (`_colours`). A frame of another size (a video call's resolution drops and
+    climbs back; clips joined) is scaled to it, bicubic: the output has one size. `scaled` counts
+    those frames. One swscale context per stored size, not one per frame as `frame.to_ndarray`
+    makes: a tone map's set-up (1.8 s on the EPYC) is paid once."""
 
-    reformat = partial(VideoReformatter().reformat, format="rgb24", **colours)
-    return lambda frame: reformat(frame).to_ndarray()
+    def __init__(self, colours: dict, size: tuple[int, int]):
+        self.colours, self.size, self.scaled = colours, size, 0
+        self.contexts: dict = {}
+
+    def __call__(self, frame) -> np.ndarray:
+        from av.video.reformatter import VideoReformatter
+
+        stored = (frame.width, frame.height)
+        if stored not in self.contexts:
+            self.contexts[stored] = VideoReformatter()
+        reformat = partial(self.contexts[stored].reformat, frame, format="rgb24", **self.colours)
+        if stored == self.size:
+            return reformat().to_ndarray()
+        self.scaled += 1
+        return reformat(*self.size, interpolation="BICUBIC").to_ndarray()
 
 
-def _decoded(inp, vin, ain, batch: int, pin: bool, busy: _Busy, colours: dict) -> Iterator[tuple]:
+def _decoded(inp, vin, ain, batch: int, pin: bool, busy: _Busy, rgb: _ToRGB) -> Iterator[tuple]:
     """In stream order: (audio packets, uint8 [N, H, W, 3] RGB batch of up to `batch` decoded
     frames or None at the end, the frames' timestamps), the batch in pinned memory if `pin` (for an
-    asynchronous copy to the GPU), decoded to RGB with swscale's options `colours` (`_colours`).
-    The muxer interleaves the audio by time, so it may travel with the next batch."""
-
-    rgb = _to_rgb(colours)
+    asynchronous copy to the GPU), each frame made RGB by `rgb`. The muxer interleaves the audio by
+    time, so it may travel with the next batch."""
 
     def stacked(frames: list) -> torch.Tensor:
         first = rgb(frames[0])
@@ -444,16 +459,16 @@ def _open(src: Path):
 
 
 def _transcode(
-    inp, vin, ain, encoder: _Encoder, batch: int, pin: bool, progress: bool, upscale, colours: dict
+    inp, vin, ain, encoder: _Encoder, batch: int, pin: bool, progress: bool, upscale, rgb: _ToRGB
 ) -> None:
-    """Decode `inp` in batches of frames (a thread ahead; to RGB with swscale's options `colours`),
-    `upscale` each batch, hand frames and audio packets to `encoder` in order, and close it (after
-    a failure without checking: that one is reported)."""
+    """Decode `inp` in batches of frames (a thread ahead; made RGB by `rgb`), `upscale` each batch,
+    hand frames and audio packets to `encoder` in order, and close it (after a failure without
+    checking: that one is reported)."""
     from tqdm import tqdm
 
     busy = encoder.busy
     bar = tqdm(total=vin.frames or None, unit="frame", disable=not progress, file=sys.stderr)
-    items = _prefetched(_decoded(inp, vin, ain, batch, pin, busy, colours), depth=2)
+    items = _prefetched(_decoded(inp, vin, ain, batch, pin, busy, rgb), depth=2)
     try:
         with contextlib.closing(items):  # the decoding thread ends before the input is closed
             for audio, x, pts in items:
@@ -492,8 +507,9 @@ def upscale_video(
     (`_how_shown`), upscaled (and resized to `size`, see infer.parse_size; for a 4:2:0 codec an odd
     last column or row cropped) and its audio track copied; `encoders` > 1 encodes segments of
     `segment_s` seconds that many at a time (see _Encoder). Returns frames, seconds, fps, size,
-    dst, and busy: the seconds each stage (decode, upscale, gpu, encode) spent working, which tell
-    the one that limits the rest."""
+    dst, busy: the seconds each stage (decode, upscale, gpu, encode) spent working, which tell the
+    one that limits the rest, and scaled: how many frames were of another size than the first
+    (`_ToRGB`)."""
     import av
 
     s, device = net.scale, next(net.parameters()).device
@@ -512,8 +528,8 @@ def upscale_video(
             ain = inp.streams.audio[0] if inp.streams.audio else None
             # upright and in the colours players show (as infer turns a photo by its EXIF
             # orientation): the output has no display matrix, and SDR colours tagged as such
-            turn, colours, tags = _how_shown(src)
-            frame = (vin.height * s, vin.width * s) if turn[0] else (vin.width * s, vin.height * s)
+            (w, h), turn, colours, tags = _how_shown(src)
+            frame = (h * s, w * s) if turn[0] else (w * s, h * s)
             # pixels that are not square (a DVD's 720x480 shown 16:9) stay so, with their aspect
             # ratio in the output; --size is a shown size: of square pixels
             sar = Fraction(vin.sample_aspect_ratio or 1)
@@ -539,8 +555,8 @@ def upscale_video(
             upscale = partial(
                 _upscaled, net, tile=tile, amp=amp, yuv=yuv, size=resize, crop=frame, turn=turn
             )
-            pin = device.type == "cuda"
-            _transcode(inp, vin, ain, encoder, batch, pin, progress, upscale, colours)
+            rgb, pin = _ToRGB(colours, (w, h)), device.type == "cuda"
+            _transcode(inp, vin, ain, encoder, batch, pin, progress, upscale, rgb)
             if encoder.frames == 0:
                 raise SrctlError(f"{src}: no video frames decoded")
     except av.error.FFmpegError as exc:
@@ -554,4 +570,5 @@ def upscale_video(
         "size": size,
         "dst": dst,
         "busy": busy.seconds,
+        "scaled": rgb.scaled,
     }
