@@ -1,11 +1,12 @@
 """Upscale a video: frames in batches through the same path as `srctl infer`, audio copied as is.
 
-PyAV (FFmpeg's libraries) decodes and encodes; each frame goes RGB (as players show it: turned,
-SDR) -> upscale_batch -> RGB, so a frame of the output equals `srctl infer` on that frame before
-the codec compresses it. Three stages, each in its own thread so that they overlap: `_decoded`
-(demux + decode into NHWC batches, pinned on a GPU; `_prefetched` runs it), `_upscaled` (the
-network, in the caller's thread; on a GPU it only queues work), `_Encoder` (encodes, in segments
-by several encoders at once if asked, and muxes in order, once the GPU has copied a batch back).
+PyAV (FFmpeg's libraries) decodes and encodes; each frame goes RGB (as players show it:
+progressive, turned, SDR) -> upscale_batch -> RGB, so a frame of the output equals `srctl infer`
+on that frame before the codec compresses it. Three stages, each in its own thread so that they
+overlap: `_decoded` (demux + decode into NHWC batches, pinned on a GPU; `_prefetched` runs it),
+`_upscaled` (the network, in the caller's thread; on a GPU it only queues work), `_Encoder`
+(encodes, in segments by several encoders at once if asked, and muxes in order, once the GPU has
+copied a batch back).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from fractions import Fraction
 from functools import partial
@@ -148,6 +150,63 @@ class _ToRGB:
         return reformat(*self.size, interpolation="BICUBIC").to_ndarray()
 
 
+class _Progressive:
+    """Decoded frames -> the frames players show, in time: interlaced ones (a DVD's, a camcorder's,
+    broadcast) made progressive by FFmpeg's bwdif, one frame out per frame in, each with its
+    timestamp; upscaled as stored, their fields' combs on every moving edge came out 3 times as
+    wide. Until a frame is flagged interlaced, frames pass as they are; `None` flushes."""
+
+    def __init__(self):
+        self.graph, self.made_for = None, None  # the filter, for frames of one size and format
+        self.pts: deque = deque()  # of the frames in the filter, in order
+
+    def __call__(self, frames: list | None) -> list:
+        out: list = []
+        for f in frames if frames is not None else []:
+            if self.graph is None and not f.interlaced_frame:
+                out.append(f)
+                continue
+            kind = (f.width, f.height, f.format.name)
+            if kind != self.made_for:  # the first interlaced frame, or a new size
+                out += self._flushed()
+                self._make(kind)
+            self.pts.append(f.pts)
+            f.pts = self.count = self.count + 1  # (the filter wants increasing ones)
+            self.graph.push(f)
+            out += self._pulled()
+        return out + (self._flushed() if frames is None else [])
+
+    def _make(self, kind: tuple) -> None:
+        import av.filter
+
+        self.graph, self.made_for, self.count = av.filter.Graph(), kind, 0
+        w, h, fmt = kind
+        source = self.graph.add_buffer(width=w, height=h, format=fmt, time_base=Fraction(1, 1000))
+        bwdif = self.graph.add("bwdif", "mode=send_frame:parity=auto:deint=interlaced")
+        source.link_to(bwdif)
+        bwdif.link_to(self.graph.add("buffersink"))
+        self.graph.configure()
+
+    def _pulled(self) -> list:
+        import av
+
+        out = []
+        while True:
+            try:
+                f = self.graph.pull()
+            except (av.error.BlockingIOError, av.error.EOFError):
+                return out
+            f.pts = self.pts.popleft()
+            out.append(f)
+
+    def _flushed(self) -> list:
+        if self.made_for is None:  # no filter, or flushed
+            return []
+        self.graph.push(None)
+        out, self.made_for = self._pulled(), None
+        return out
+
+
 def _decoded(inp, vin, ain, batch: int, pin: bool, busy: _Busy, rgb: _ToRGB) -> Iterator[tuple]:
     """In stream order: (audio packets, uint8 [N, H, W, 3] RGB batch of up to `batch` decoded
     frames or None at the end, the frames' timestamps), the batch in pinned memory if `pin` (for an
@@ -163,6 +222,7 @@ def _decoded(inp, vin, ain, batch: int, pin: bool, busy: _Busy, rgb: _ToRGB) -> 
 
     audio: list = []
     frames: list = []
+    progressive = _Progressive()
     packets = inp.demux(*(st for st in (vin, ain) if st))
     while True:
         with busy("decode"):
@@ -170,8 +230,8 @@ def _decoded(inp, vin, ain, batch: int, pin: bool, busy: _Busy, rgb: _ToRGB) -> 
             if packet is not None and packet.stream is ain:
                 if packet.dts is not None:  # the demuxer's flush packet has none
                     audio.append(packet)
-            elif packet is not None:
-                frames.extend(packet.decode())
+            else:
+                frames += progressive(packet.decode() if packet is not None else None)
             full = len(frames) >= batch or (packet is None and frames)
             item = (audio, stacked(frames), [f.pts for f in frames]) if full else None
         if item:
@@ -503,13 +563,13 @@ def upscale_video(
     segment_s: float = 2.0,
 ) -> dict:
     """Write `dst` (default: <stem>_x<scale>.mp4 beside `src`, or in `dst` if that is a folder;
-    atomically) with every video frame of `src` turned and coloured as players show it
-    (`_how_shown`), upscaled (and resized to `size`, see infer.parse_size; for a 4:2:0 codec an odd
-    last column or row cropped) and its audio track copied; `encoders` > 1 encodes segments of
-    `segment_s` seconds that many at a time (see _Encoder). Returns frames, seconds, fps, size,
-    dst, busy: the seconds each stage (decode, upscale, gpu, encode) spent working, which tell the
-    one that limits the rest, and scaled: how many frames were of another size than the first
-    (`_ToRGB`)."""
+    atomically) with every video frame of `src` as players show it (progressive, turned, in SDR
+    colours: `_Progressive`, `_how_shown`), upscaled (and resized to `size`, see infer.parse_size;
+    for a 4:2:0 codec an odd last column or row cropped) and its audio track copied; `encoders` > 1
+    encodes segments of `segment_s` seconds that many at a time (see _Encoder). Returns frames,
+    seconds, fps, size, dst, busy: the seconds each stage (decode, upscale, gpu, encode) spent
+    working, which tell the one that limits the rest, and scaled: how many frames were of another
+    size than the first (`_ToRGB`)."""
     import av
 
     s, device = net.scale, next(net.parameters()).device
