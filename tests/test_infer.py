@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pillow_heif
 import pytest
 from PIL import Image
 
@@ -184,6 +185,9 @@ def _odd_images(folder):
     exif[0x0112] = 6  # orientation: rotate 90 CW to display
     put("rotated.jpg", src, "RGB", exif=exif)
     put("My Photo.JPG", src, "RGB", format="JPEG")
+    # an iPhone's photo: HEIF (HEVC inside), which Pillow alone cannot open
+    pillow_heif.from_pillow(src).save(folder / "iphone.heic", quality=95)
+    cases["iphone.heic"] = (folder / "iphone.heic", "RGB")
     return cases
 
 
@@ -196,13 +200,15 @@ def test_odd_images_are_upscaled_right(tmp_path):
         assert out.size == (img.width * 3, img.height * 3), name
     # EXIF orientation 6: the 40x30 picture is shown (and upscaled) upright as 30x40
     assert open_image(tmp_path / "rotated.jpg").size == (30, 40)
+    rgb = Image.open(BSDS300 / "images" / "test" / "3096.jpg").convert("RGB").crop((0, 0, 40, 30))
+    heic = np.asarray(open_image(tmp_path / "iphone.heic"), dtype=float)
+    assert np.abs(heic - np.asarray(rgb, dtype=float)).mean() < 2  # HEVC's loss, at quality 95
     # 16- and 32-bit are scaled to 8 bits, not clipped to white
     gray = np.asarray(upscale_image(net, open_image(tmp_path / "gray.png")), dtype=float)
     for deep in ("sixteen.png", "thirty-two.tif"):
         out = np.asarray(upscale_image(net, open_image(tmp_path / deep)), dtype=float)
         assert np.abs(out - gray).max() <= 1, deep
     # a LAB picture comes out as its colours (its A band is no alpha)
-    rgb = Image.open(BSDS300 / "images" / "test" / "3096.jpg").convert("RGB").crop((0, 0, 40, 30))
     lab = upscale_image(net, open_image(tmp_path / "lab.tif"))
     assert np.abs(np.asarray(lab, float) - np.asarray(upscale_image(net, rgb), float)).max() <= 4
     # alpha is carried over, bicubically upscaled
