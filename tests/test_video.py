@@ -28,30 +28,41 @@ def _photo(name="3096.jpg", width=None):
 
 def _make_clip(
     path, frames=10, size=(48, 32), codec="mpeg4", stream=lambda v: None, frame=lambda f: f,
-    photo=None,
+    photo=None, languages=(None,), subtitles=None,
 ):  # fmt: skip
     """A panning crop of `photo` (a BSDS300 one by default), `codec` at 12 frames/s (`stream` sets
     more of its video stream: a display matrix, an aspect ratio; `frame` converts each RGB frame),
-    with a 440 Hz AAC track."""
+    with an AAC track per language (440 Hz, 660 Hz, ...) and the SubRip file `subtitles` if any."""
     photo = photo or _photo()
     with av.open(str(path), "w") as out:
         v = out.add_stream(codec, rate=RATE)
         v.width, v.height, v.pix_fmt = *size, "rgb24" if codec == "png" else "yuv420p"
         stream(v)
-        a = out.add_stream("aac", rate=16000)
+        tracks = [out.add_stream("aac", rate=16000) for _ in languages]
+        for a, language in zip(tracks, languages, strict=True):
+            if language:
+                a.metadata["language"] = language
+        subs = av.open(str(subtitles)) if subtitles else None
+        s = out.add_stream_from_template(subs.streams.subtitles[0]) if subs else None
         for i in range(frames):
             crop = photo.crop((i * 4, 0, i * 4 + size[0], size[1]))
             out.mux(v.encode(frame(av.VideoFrame.from_image(crop))))
         out.mux(v.encode(None))
         t = np.arange(16000 * frames // RATE) / 16000
-        samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
-        for start in range(0, samples.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(samples[:, start : start + 1024]), format="fltp", layout="mono"
-            )
-            frame.sample_rate = 16000
-            out.mux(a.encode(frame))
-        out.mux(a.encode(None))
+        for k, a in enumerate(tracks):
+            samples = (0.3 * np.sin(2 * np.pi * 440 * (1 + k / 2) * t)).astype(np.float32)[None]
+            for start in range(0, samples.shape[1], 1024):
+                chunk = np.ascontiguousarray(samples[:, start : start + 1024])
+                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+                frame.sample_rate = 16000
+                out.mux(a.encode(frame))
+            out.mux(a.encode(None))
+        if subs:
+            for packet in subs.demux():
+                if packet.size:
+                    packet.stream = s
+                    out.mux(packet)
+            subs.close()
 
 
 def _frames(path):
@@ -316,6 +327,45 @@ def test_an_interlaced_clip_comes_out_without_combs(tmp_path):
     assert max(combs(im) for im in got) < 1  # 0.04-0.1; 0.76 for the last, with no next frame
     times = lambda path: [f.time for f in av.open(str(path)).decode(video=0)]  # noqa: E731
     assert times(tmp_path / "up.mov") == pytest.approx(times(src))
+
+
+def test_every_audio_track_and_the_subtitles_are_copied(tmp_path):
+    """A film's rip holds audio tracks in several languages and subtitles: all are copied, packet
+    for packet, with their languages (only the first audio track was, and no subtitles). A
+    container that cannot hold the subtitles (mp4 and SubRip) leaves them out: the line says so."""
+    srt = tmp_path / "film.srt"
+    srt.write_text(
+        "1\n00:00:00,100 --> 00:00:00,400\nHello\n\n2\n00:00:00,500 --> 00:00:00,700\nBye\n"
+    )
+    src = tmp_path / "film.mkv"
+    _make_clip(src, codec="libx264", languages=("eng", "fra"), subtitles=srt)
+    model = tmp_path / "model"
+    M.save(M.ESPCN(3).eval(), model)
+    res = srctl_cli("video", str(src), "-o", "up.mkv", "--model-dir", str(model), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "left out" not in res.stdout
+
+    def tracks(path):  # each stream's (kind, codec, language), the others' packets
+        with av.open(str(path)) as f:
+            kinds = [(s.type, s.codec_context.name, s.metadata.get("language")) for s in f.streams]
+            packets: list = [[] for _ in f.streams]
+            for p in f.demux():
+                if p.size:
+                    packets[p.stream.index].append(bytes(p))
+        return kinds, packets[1:]
+
+    (kinds, packets), (got_kinds, got_packets) = tracks(src), tracks(tmp_path / "up.mkv")
+    assert kinds[1:] == [
+        ("audio", "aac", "eng"),
+        ("audio", "aac", "fra"),
+        ("subtitle", "srt", None),
+    ]
+    assert packets[2] == [b"Hello", b"Bye"] and len(packets[0]) == len(packets[1]) > 5
+    assert got_kinds[1:] == kinds[1:] and got_packets == packets
+    res = srctl_cli("video", str(src), "-o", "up.mp4", "--model-dir", str(model), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "; left out, as .mp4 cannot hold it: srt subtitle)" in res.stdout
+    assert [k[:2] for k in tracks(tmp_path / "up.mp4")[0]] == [k[:2] for k in kinds[:3]]
 
 
 def test_a_size_too_small_for_420_is_an_error(clip, tmp_path):

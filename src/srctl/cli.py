@@ -150,7 +150,8 @@ def video(
     size: str | None = SIZE,
     quiet: bool = QUIET,
 ) -> None:
-    """Upscale a video: frames as in `srctl infer`, in batches; audio copied; source frame rate."""
+    """Upscale a video: frames as in `srctl infer`, in batches; audio and subtitles copied; source
+    frame rate."""
     from srctl import device as D
     from srctl import infer as I
     from srctl import model as M
@@ -179,9 +180,12 @@ def video(
     w, h = stats["size"]
     busy = ", ".join(f"{k} {v:.1f} s" for k, v in stats["busy"].items() if v >= 0.05)
     scaled = f"; {stats['scaled']} of another size scaled to the first's" if stats["scaled"] else ""
+    left = ", ".join(stats["left_out"])
+    them = "them" if len(stats["left_out"]) > 1 else "it"
+    left = f"; left out, as {stats['dst'].suffix} cannot hold {them}: {left}" if left else ""
     typer.echo(
         f"{src} -> {stats['dst']} ({stats['frames']} frames{scaled}, {w}x{h}, "
-        f"{stats['fps']:.1f} frames/s" + (f"; working: {busy})" if busy else ")")
+        f"{stats['fps']:.1f} frames/s" + (f"; working: {busy}" if busy else "") + f"{left})"
     )
 
 

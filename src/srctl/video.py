@@ -1,4 +1,5 @@
-"""Upscale a video: frames in batches through the same path as `srctl infer`, audio copied as is.
+"""Upscale a video: frames in batches through the same path as `srctl infer`; audio tracks and
+subtitles copied as they are.
 
 PyAV (FFmpeg's libraries) decodes and encodes; each frame goes RGB (as players show it:
 progressive, turned, SDR) -> upscale_batch -> RGB, so a frame of the output equals `srctl infer`
@@ -207,11 +208,11 @@ class _Progressive:
         return out
 
 
-def _decoded(inp, vin, ain, batch: int, pin: bool, busy: _Busy, rgb: _ToRGB) -> Iterator[tuple]:
-    """In stream order: (audio packets, uint8 [N, H, W, 3] RGB batch of up to `batch` decoded
-    frames or None at the end, the frames' timestamps), the batch in pinned memory if `pin` (for an
-    asynchronous copy to the GPU), each frame made RGB by `rgb`. The muxer interleaves the audio by
-    time, so it may travel with the next batch."""
+def _decoded(inp, vin, others, batch: int, pin: bool, busy: _Busy, rgb: _ToRGB) -> Iterator[tuple]:
+    """In stream order: (packets of the `others` streams (audio, subtitles), uint8 [N, H, W, 3] RGB
+    batch of up to `batch` decoded frames or None at the end, the frames' timestamps), the batch in
+    pinned memory if `pin` (for an asynchronous copy to the GPU), each frame made RGB by `rgb`. The
+    muxer interleaves the packets by time, so they may travel with the next batch."""
 
     def stacked(frames: list) -> torch.Tensor:
         first = rgb(frames[0])
@@ -220,27 +221,27 @@ def _decoded(inp, vin, ain, batch: int, pin: bool, busy: _Busy, rgb: _ToRGB) -> 
             x[i] = torch.from_numpy(first if i == 0 else rgb(f))
         return x
 
-    audio: list = []
+    copied: list = []
     frames: list = []
     progressive = _Progressive()
-    packets = inp.demux(*(st for st in (vin, ain) if st))
+    packets = inp.demux(vin, *others)
     while True:
         with busy("decode"):
             packet = next(packets, None)
-            if packet is not None and packet.stream is ain:
-                if packet.dts is not None:  # the demuxer's flush packet has none
-                    audio.append(packet)
+            if packet is not None and packet.stream is not vin:
+                if packet.size:  # (the demuxer's flush packets are empty)
+                    copied.append(packet)
             else:
                 frames += progressive(packet.decode() if packet is not None else None)
             full = len(frames) >= batch or (packet is None and frames)
-            item = (audio, stacked(frames), [f.pts for f in frames]) if full else None
+            item = (copied, stacked(frames), [f.pts for f in frames]) if full else None
         if item:
             yield item
-            audio, frames = [], []
+            copied, frames = [], []
         if packet is None:
             break
-    if audio:
-        yield audio, None, []
+    if copied:
+        yield copied, None, []
 
 
 def _prefetched(items: Iterator, depth: int) -> Iterator:
@@ -303,16 +304,17 @@ def _upscaled(
 
 class _Encoder:
     """The output side: a video stream of `size` (width, height) of pixels `sar` times as wide as
-    high, its colours of (primaries, transfer) `tags`, and a copy of the input's audio stream, in
-    `out`. Frames are encoded in other threads and muxed with the audio packets, in order, by a
-    muxing thread; at most `depth` frames wait to be encoded. With `encoders` > 1 the video is cut
-    into segments of `segment_s` seconds, each encoded by an encoder of its own (so each starts on
-    a keyframe), up to `encoders` at once, and their packets are joined in order: one x264 at 4K
-    is slower than the GPU. A failure in a thread is raised in the caller's by `close` (or the
-    next `put`)."""
+    high, its colours of (primaries, transfer) `tags`, and copies of the input's `others` streams
+    (audio tracks, subtitles; those `out`'s format cannot hold are left out, named in `left_out`; an
+    audio track among them raises ValueError), in `out`. Frames are encoded in other threads and
+    muxed with the copied packets, in order, by a muxing thread; at most `depth` frames wait to be
+    encoded. With `encoders` > 1 the video is cut into segments of `segment_s` seconds, each encoded
+    by an encoder of its own (so each starts on a keyframe), up to `encoders` at once, and their
+    packets are joined in order: one x264 at 4K is slower than the GPU. A failure in a thread is
+    raised in the caller's by `close` (or the next `put`)."""
 
     def __init__(
-        self, out, vin, ain, size, codec: str, crf: int, preset: str, depth: int, busy: _Busy,
+        self, out, vin, others, size, codec: str, crf: int, preset: str, depth: int, busy: _Busy,
         encoders: int = 1, segment_s: float = 2.0, sar: Fraction = Fraction(1),
         tags: tuple[int, int] = (UNSPECIFIED, UNSPECIFIED),
     ):  # fmt: skip
@@ -348,7 +350,16 @@ class _Encoder:
             # PyAV opens encoders with slice threads; x264's frame threads are faster at 4K and
             # make smaller files (1.35-1.5x on the H200's 16 cores: README, bench/video_stages.py)
             self.vout.codec_context.thread_type = "FRAME"
-        self.aout = out.add_stream_from_template(ain) if ain else None
+        self.copies, self.left_out = {}, []  # input stream index -> its copy; names
+        for st in others:
+            try:
+                self.copies[st.index] = out.add_stream_from_template(st)
+            except ValueError:  # "'mp4' format does not support 'subrip' codec"
+                if st.type == "audio":  # the sound: the user picks another container
+                    raise
+                self.left_out.append(f"{st.codec_context.name} {st.type}")
+                continue
+            self.copies[st.index].metadata.update(st.metadata)  # a track's language and title
         # yuv420p can be made before the encoder (a GPU does: upscale_video) when the size allows it
         self.yuv = (
             self.vout.pix_fmt == "yuv420p"
@@ -359,7 +370,7 @@ class _Encoder:
         self.segment = max(1, round(float(rate) * segment_s)) if encoders > 1 else 0  # 0: one
         self.slots = threading.Semaphore(depth + encoders * self.segment)
         self.pool = ThreadPoolExecutor(encoders, thread_name_prefix="encode")
-        self.queue: Queue = Queue()  # to the muxer, in order: audio packets, segments' packets
+        self.queue: Queue = Queue()  # to the muxer, in order: copied packets, segments' packets
         self.current: Queue | None = None  # frames of the segment being filled
         self.failures: list[BaseException] = []
         self.frames = 0  # handed over
@@ -367,14 +378,14 @@ class _Encoder:
         self.thread = threading.Thread(target=self._mux, daemon=True)
         self.thread.start()
 
-    def put(self, audio: list, frames: tuple | None, pts: list) -> None:
-        """Audio packets, then `frames` if any: (uint8 arrays in PyAV's layout of their format,
-        the format, a CUDA event to wait for before reading them or None), and their source
-        timestamps `pts` (one missing or out of order: a frame after the last)."""
+    def put(self, copied: list, frames: tuple | None, pts: list) -> None:
+        """Packets to copy (audio, subtitles), then `frames` if any: (uint8 arrays in PyAV's layout
+        of their format, the format, a CUDA event to wait for before reading them or None), and
+        their source timestamps `pts` (one missing or out of order: a frame after the last)."""
         if self.failures:
             raise self.failures[0]
-        if audio:
-            self.queue.put(audio)
+        if copied:
+            self.queue.put(copied)
         arrays, fmt, ready = frames or ((), None, None)
         for i in range(len(arrays)):
             if self.current is None:
@@ -440,8 +451,8 @@ class _Encoder:
         first_delay = None  # pts - dts of the first video packet
         last = None  # the last video packet's decoding time
         while (item := self.queue.get()) is not None:
-            if isinstance(item, list):  # audio packets
-                self._write(item, self.aout)
+            if isinstance(item, list):  # packets to copy: audio, subtitles
+                self._write([p for p in item if p.stream.index in self.copies], self.copies)
                 continue
             shift = None
             while (packets := item.get()) is not None:  # a segment's, as they come
@@ -464,11 +475,13 @@ class _Encoder:
                 self._write(packets, self.vout)
 
     def _write(self, packets: list, stream) -> None:
+        """Mux `packets` into `stream`, or into their stream's copy when `stream` maps input
+        stream indices to copies."""
         if self.failures:
             return
         try:
             for packet in packets:
-                packet.stream = stream
+                packet.stream = stream[packet.stream.index] if isinstance(stream, dict) else stream
                 self.out.mux(packet)
         except BaseException as exc:  # re-raised in the caller's thread
             self.failures.append(exc)
@@ -519,24 +532,24 @@ def _open(src: Path):
 
 
 def _transcode(
-    inp, vin, ain, encoder: _Encoder, batch: int, pin: bool, progress: bool, upscale, rgb: _ToRGB
+    inp, vin, others, encoder: _Encoder, batch: int, pin: bool, progress: bool, upscale, rgb: _ToRGB
 ) -> None:
     """Decode `inp` in batches of frames (a thread ahead; made RGB by `rgb`), `upscale` each batch,
-    hand frames and audio packets to `encoder` in order, and close it (after a failure without
+    hand frames and the packets to copy to `encoder` in order, and close it (after a failure without
     checking: that one is reported)."""
     from tqdm import tqdm
 
     busy = encoder.busy
     bar = tqdm(total=vin.frames or None, unit="frame", disable=not progress, file=sys.stderr)
-    items = _prefetched(_decoded(inp, vin, ain, batch, pin, busy, rgb), depth=2)
+    items = _prefetched(_decoded(inp, vin, others, batch, pin, busy, rgb), depth=2)
     try:
         with contextlib.closing(items):  # the decoding thread ends before the input is closed
-            for audio, x, pts in items:
+            for copied, x, pts in items:
                 frames = None
                 if x is not None:
                     with busy("upscale"):
                         frames = upscale(x)
-                encoder.put(audio, frames, pts)
+                encoder.put(copied, frames, pts)
                 bar.update(0 if x is None else len(x))
     except BaseException:
         encoder.close(check=False)
@@ -565,11 +578,11 @@ def upscale_video(
     """Write `dst` (default: <stem>_x<scale>.mp4 beside `src`, or in `dst` if that is a folder;
     atomically) with every video frame of `src` as players show it (progressive, turned, in SDR
     colours: `_Progressive`, `_how_shown`), upscaled (and resized to `size`, see infer.parse_size;
-    for a 4:2:0 codec an odd last column or row cropped) and its audio track copied; `encoders` > 1
-    encodes segments of `segment_s` seconds that many at a time (see _Encoder). Returns frames,
-    seconds, fps, size, dst, busy: the seconds each stage (decode, upscale, gpu, encode) spent
-    working, which tell the one that limits the rest, and scaled: how many frames were of another
-    size than the first (`_ToRGB`)."""
+    for a 4:2:0 codec an odd last column or row cropped) and its audio tracks and subtitles copied;
+    `encoders` > 1 encodes segments of `segment_s` seconds that many at a time (see _Encoder).
+    Returns frames, seconds, fps, size, dst, busy: the seconds each stage (decode, upscale, gpu,
+    encode) spent working, which tell the one that limits the rest, and scaled: how many frames were
+    of another size than the first (`_ToRGB`)."""
     import av
 
     s, device = net.scale, next(net.parameters()).device
@@ -585,7 +598,7 @@ def upscale_video(
         with _open(src) as inp, atomic_path(dst) as tmp, av.open(str(tmp), "w", format=fmt) as out:
             vin = inp.streams.video[0]
             vin.thread_type = "AUTO"
-            ain = inp.streams.audio[0] if inp.streams.audio else None
+            others = [st for st in inp.streams if st.type in ("audio", "subtitle")]
             # upright and in the colours players show (as infer turns a photo by its EXIF
             # orientation): the output has no display matrix, and SDR colours tagged as such
             (w, h), turn, colours, tags = _how_shown(src)
@@ -604,8 +617,8 @@ def upscale_video(
                     raise SrctlError(f"{dst}: {codec}'s 4:2:0 needs sides of 2 pixels at least")
             try:
                 encoder = _Encoder(
-                    out, vin, ain, frame, codec, crf, preset, 4 * batch, busy, encoders, segment_s,
-                    sar, tags,
+                    out, vin, others, frame, codec, crf, preset, 4 * batch, busy, encoders,
+                    segment_s, sar, tags,
                 )  # fmt: skip
             except ValueError as exc:  # "'webm' format does not support 'aac' codec"
                 raise SrctlError(f"{dst}: {exc}; choose another --codec or suffix") from exc
@@ -616,7 +629,7 @@ def upscale_video(
                 _upscaled, net, tile=tile, amp=amp, yuv=yuv, size=resize, crop=frame, turn=turn
             )
             rgb, pin = _ToRGB(colours, (w, h)), device.type == "cuda"
-            _transcode(inp, vin, ain, encoder, batch, pin, progress, upscale, rgb)
+            _transcode(inp, vin, others, encoder, batch, pin, progress, upscale, rgb)
             if encoder.frames == 0:
                 raise SrctlError(f"{src}: no video frames decoded")
     except av.error.FFmpegError as exc:
@@ -631,4 +644,5 @@ def upscale_video(
         "dst": dst,
         "busy": busy.seconds,
         "scaled": rgb.scaled,
+        "left_out": encoder.left_out,
     }
