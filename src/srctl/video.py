@@ -452,7 +452,10 @@ class _Encoder:
         last = None  # the last video packet's decoding time
         while (item := self.queue.get()) is not None:
             if isinstance(item, list):  # packets to copy: audio, subtitles
-                self._write([p for p in item if p.stream.index in self.copies], self.copies)
+                copied = [p for p in item if p.stream.index in self.copies]
+                for packet in copied:
+                    packet.stream = self.copies[packet.stream.index]
+                self._write(copied)
                 continue
             shift = None
             while (packets := item.get()) is not None:  # a segment's, as they come
@@ -460,6 +463,7 @@ class _Encoder:
                     self.failures.append(packets)
                     break
                 for packet in packets:
+                    packet.stream = self.vout
                     # decoding times as if the first segment's encoder had gone on: x264 delays a
                     # short segment less, which left a gap in them at the join
                     if shift is None and packet.pts is not None and packet.dts is not None:
@@ -472,16 +476,13 @@ class _Encoder:
                         dts = packet.dts - (shift or 0)
                         dts = min(dts, packet.pts) if packet.pts is not None else dts
                         packet.dts = last = dts if last is None else max(dts, last + 1)
-                self._write(packets, self.vout)
+                self._write(packets)
 
-    def _write(self, packets: list, stream) -> None:
-        """Mux `packets` into `stream`, or into their stream's copy when `stream` maps input
-        stream indices to copies."""
+    def _write(self, packets: list) -> None:
         if self.failures:
             return
         try:
             for packet in packets:
-                packet.stream = stream[packet.stream.index] if isinstance(stream, dict) else stream
                 self.out.mux(packet)
         except BaseException as exc:  # re-raised in the caller's thread
             self.failures.append(exc)
