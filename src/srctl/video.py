@@ -139,10 +139,10 @@ class _ToRGB:
         self.contexts: dict = {}
 
     def __call__(self, frame) -> np.ndarray:
-        from av.video.reformatter import VideoReformatter
-
         stored = (frame.width, frame.height)
         if stored not in self.contexts:
+            from av.video.reformatter import VideoReformatter
+
             self.contexts[stored] = VideoReformatter()
         reformat = partial(self.contexts[stored].reformat, frame, format="rgb24", **self.colours)
         if stored == self.size:
