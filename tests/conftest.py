@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import http.server
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -85,6 +88,17 @@ def prepared_dir(raw_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "prepared"
     prepare(raw_dir, out, P.Params())
     return out
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Serve the test's folder over HTTP on 127.0.0.1; yields a function name -> URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield lambda name: f"http://127.0.0.1:{server.server_port}/{name}"
+    server.shutdown()
+    server.server_close()
 
 
 def srctl_cli(*args, cwd):

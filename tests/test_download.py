@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import http.server
 import io
 import socket
@@ -30,17 +29,6 @@ def tarball(tmp_path_factory) -> Path:
     with tarfile.open(path, "w:gz", compresslevel=1) as tar:
         tar.add(BSDS300, arcname="BSDS300")
     return path
-
-
-@pytest.fixture
-def serve(tmp_path):
-    """Serve files from a folder over HTTP on 127.0.0.1; yields a function name -> URL."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield lambda name: f"http://127.0.0.1:{server.server_port}/{name}"
-    server.shutdown()
-    server.server_close()
 
 
 def cfg(url: str, **kw) -> P.Download:

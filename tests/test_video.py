@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from fractions import Fraction
 
 import av
@@ -16,7 +20,7 @@ from srctl.pictures import TILE
 from srctl.upscale import upscale_image
 from srctl.video import HLG, PQ, _upscaled, upscale_video
 
-from conftest import BSDS300, srctl_cli
+from conftest import BSDS300, free_port, srctl_cli
 
 RATE = 12
 
@@ -366,6 +370,83 @@ def test_every_audio_track_and_the_subtitles_are_copied(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "; left out, as .mp4 cannot hold it: srt subtitle)" in res.stdout
     assert [k[:2] for k in tracks(tmp_path / "up.mp4")[0]] == [k[:2] for k in kinds[:3]]
+
+
+def test_a_stream_from_a_url_or_a_pipe_and_to_a_player(tmp_path, serve):
+    """A camera's or a call's stream comes by URL (here HTTP on 127.0.0.1) or through a pipe
+    (`-`), and `-o -` pipes Matroska on to a player: the same frames as from a file."""
+    src = tmp_path / "call.mkv"
+    _make_clip(src, codec="libx264")
+    model = tmp_path / "model"
+    M.save(M.ESPCN(3).eval(), model)
+    opts = ["--model-dir", str(model)]
+    res = srctl_cli("video", str(src), "-o", "file.mkv", *opts, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    res = srctl_cli("video", serve("call.mkv"), "-o", "url.mkv", *opts, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    with src.open("rb") as stdin:
+        piped = subprocess.run(
+            [sys.executable, "-m", "srctl.cli", "video", "-", "-o", "-", *opts],
+            stdin=stdin,
+            capture_output=True,
+            cwd=tmp_path,
+        )
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stderr.decode().splitlines()[-1].startswith("- -> - (10 frames, 144x96")
+    (tmp_path / "piped.mkv").write_bytes(piped.stdout)  # the video alone
+    want = [np.asarray(f) for f in _frames(tmp_path / "file.mkv")]
+    for name in ("url.mkv", "piped.mkv"):
+        got = [np.asarray(f) for f in _frames(tmp_path / name)]
+        assert len(got) == 10 and all(map(np.array_equal, got, want)), name
+        with av.open(str(tmp_path / name)) as f:
+            assert [s.type for s in f.streams] == ["video", "audio"]
+
+    url = serve("call.mkv")
+    res = srctl_cli("video", url, *opts, cwd=tmp_path)
+    assert res.returncode == 1
+    assert (
+        res.stderr == f"error: {url}: a stream has no name to give its output: -o names the file\n"
+    )
+    url = f"http://127.0.0.1:{free_port()}/call.mkv"  # nothing listens there
+    res = srctl_cli("video", url, "-o", "none.mkv", *opts, cwd=tmp_path)
+    assert res.returncode == 1 and res.stderr.startswith(f"error: {url}: not a readable video (")
+    assert not (tmp_path / "none.mkv").exists()
+
+
+def test_ctrl_c_ends_a_stream_and_keeps_what_came(tmp_path):
+    """A live stream has no end of its own: Ctrl-C ends the input there, and what came is upscaled
+    and written, a complete file (a file's Ctrl-C leaves nothing: it can be run again)."""
+    src = tmp_path / "live.mkv"
+    _make_clip(src, frames=600, codec="libx264")  # 480 KB, 50 s
+    model = tmp_path / "model"
+    M.save(M.ESPCN(3).eval(), model)
+    inputs = set(tmp_path.iterdir())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "srctl.cli", "video", "-", "-o", "kept.mkv", "--model-dir", "model"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        # started from a background job, the child would inherit SIGINT as ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    data = src.read_bytes()
+    # the first half: it returns once srctl has read all but a pipe's buffer (64 KB) of it
+    proc.stdin.write(data[: len(data) // 2])
+    proc.stdin.flush()
+    deadline = time.monotonic() + 120
+    while set(tmp_path.iterdir()) == inputs:  # the output, under its temporary name
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # the camera still sends: the second half comes after
+    out, err = proc.communicate(data[len(data) // 2 :], timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip().endswith("; the input ended by Ctrl-C)")
+    assert set(tmp_path.iterdir()) == inputs | {tmp_path / "kept.mkv"}
+    frames = _frames(tmp_path / "kept.mkv")
+    assert 5 < len(frames) < 600 and frames[0].size == (144, 96)
+    with av.open(str(tmp_path / "kept.mkv")) as f:
+        assert [s.type for s in f.streams] == ["video", "audio"]
 
 
 def test_a_size_too_small_for_420_is_an_error(clip, tmp_path):

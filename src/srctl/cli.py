@@ -117,13 +117,17 @@ def infer(
 
 @app.command()
 def video(
-    src: Path = typer.Argument(..., help="Input video (anything FFmpeg reads)."),
+    src: str = typer.Argument(
+        ...,
+        help="Input video: a file FFmpeg reads, a stream's URL (rtsp://, srt://, udp://, http://, "
+        "...) or - for standard input. Ctrl-C ends a stream: what came is upscaled and written.",
+    ),
     output: str | None = typer.Option(
         None,
         "-o",
         "--output",
         help="Output video; its suffix picks the container. A folder (it exists, or the name ends "
-        "with /): <stem>_x<scale>.mp4 in it.",
+        "with /): <stem>_x<scale>.mp4 in it. -: Matroska to standard output (to a player).",
         show_default="<stem>_x<scale>.mp4 beside the input",
     ),
     run_id: str | None = RUN_ID,
@@ -156,10 +160,11 @@ def video(
     from srctl import infer as I
     from srctl import model as M
     from srctl import registry
-    from srctl.video import upscale_video
+    from srctl.video import is_stream, upscale_video
 
     target = I.parse_size(size) if size else None
-    I.check_path(src, folder="is a folder, not a video")
+    if not is_stream(src):
+        I.check_path(Path(src), folder="is a folder, not a video")
     dev = D.pick_device(device)
     amp = D.precision(_precision(half, bf16, fp32), dev)
     net = M.load(registry.model_folder(run_id, model, model_dir), dev)
@@ -182,10 +187,12 @@ def video(
     scaled = f"; {stats['scaled']} of another size scaled to the first's" if stats["scaled"] else ""
     left = ", ".join(stats["left_out"])
     them = "them" if len(stats["left_out"]) > 1 else "it"
-    left = f"; left out, as {stats['dst'].suffix} cannot hold {them}: {left}" if left else ""
+    left = f"; left out, as {Path(stats['dst']).suffix} cannot hold {them}: {left}" if left else ""
+    ended = "; the input ended by Ctrl-C" if stats["ended_by_ctrl_c"] else ""
     typer.echo(
         f"{src} -> {stats['dst']} ({stats['frames']} frames{scaled}, {w}x{h}, "
-        f"{stats['fps']:.1f} frames/s" + (f"; working: {busy}" if busy else "") + f"{left})"
+        f"{stats['fps']:.1f} frames/s" + (f"; working: {busy}" if busy else "") + f"{left}{ended})",
+        err=stats["dst"] == "-",  # standard output carries the video
     )
 
 

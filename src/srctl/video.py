@@ -13,6 +13,9 @@ copied a batch back).
 from __future__ import annotations
 
 import contextlib
+import itertools
+import re
+import signal
 import sys
 import threading
 import time
@@ -47,16 +50,22 @@ def _pix_fmt(codec: str) -> str:
     return "rgb24" if "rgb24" in formats else "yuv420p"
 
 
-def _how_shown(src: Path) -> tuple[tuple[int, int], tuple[bool, bool, bool], dict, tuple]:
-    """How players show `src`, told by its first frame: its stored size (width, height; FFmpeg's
-    stream size may be a later frame's), its turn (`_orientation`), and the options that decode
-    its frames to the RGB they show and the colour primaries and transfer that RGB then has
-    (`_colours`)."""
-    with _open(src) as inp:
-        first = next(inp.decode(video=0), None)
-        stream = inp.streams.video[0]
-        size = (first.width, first.height) if first else (stream.width, stream.height)
-        return size, _orientation(first), *_colours(first)
+def _how_shown(events: Iterator, vin) -> tuple:
+    """How players show the video of `events` (`_demuxed`), told by its first frame: its stored
+    size (width, height; FFmpeg's stream size may be a later frame's), its turn (`_orientation`),
+    the options that decode its frames to the RGB they show and the colour primaries and transfer
+    that RGB then has (`_colours`); then `events` again, from the start. The input is read once:
+    a live stream or a pipe cannot be opened a second time."""
+    seen = []
+    for event in events:
+        seen.append(event)
+        if event[1]:
+            first = event[1][0]
+            break
+    else:
+        first = None
+    size = (first.width, first.height) if first else (vin.width, vin.height)
+    return size, _orientation(first), *_colours(first), itertools.chain(seen, events)
 
 
 def _orientation(first) -> tuple[bool, bool, bool]:
@@ -208,9 +217,45 @@ class _Progressive:
         return out
 
 
-def _decoded(inp, vin, others, batch: int, pin: bool, busy: _Busy, rgb: _ToRGB) -> Iterator[tuple]:
-    """In stream order: (packets of the `others` streams (audio, subtitles), uint8 [N, H, W, 3] RGB
-    batch of up to `batch` decoded frames or None at the end, the frames' timestamps), the batch in
+def _demuxed(inp, vin, others, stop: threading.Event) -> Iterator[tuple]:
+    """`inp` in stream order: (a packet of the `others` streams (audio, subtitles), None), or
+    (None, the frames of `vin` a packet decoded to); until its end, or `stop` is set."""
+    for packet in inp.demux(vin, *others):
+        if stop.is_set():
+            yield None, vin.decode(None)  # the frames the decoder still holds
+            return
+        if packet.stream is not vin:
+            if packet.size:  # (the demuxer's flush packets are empty)
+                yield packet, None
+        else:
+            yield None, packet.decode()
+
+
+@contextlib.contextmanager
+def _ctrl_c_ends(stream: bool, stop: threading.Event):
+    """While a `stream` is read (a live one has no end of its own), Ctrl-C sets `stop`: the input
+    ends there, and what came is upscaled and the output completed. A second Ctrl-C aborts. A
+    file's Ctrl-C aborts at once (and leaves no output), as does one where SIGINT is ignored."""
+    main = threading.current_thread() is threading.main_thread()
+    if not (stream and main and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
+        yield
+        return
+
+    def ctrl_c(*_) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _decoded(events: Iterator, batch: int, pin: bool, busy: _Busy, rgb: _ToRGB) -> Iterator[tuple]:
+    """In stream order: (packets to copy, uint8 [N, H, W, 3] RGB batch of up to `batch` decoded
+    frames or None at the end, the frames' timestamps), from `events` (`_demuxed`), the batch in
     pinned memory if `pin` (for an asynchronous copy to the GPU), each frame made RGB by `rgb`. The
     muxer interleaves the packets by time, so they may travel with the next batch."""
 
@@ -224,21 +269,19 @@ def _decoded(inp, vin, others, batch: int, pin: bool, busy: _Busy, rgb: _ToRGB) 
     copied: list = []
     frames: list = []
     progressive = _Progressive()
-    packets = inp.demux(vin, *others)
     while True:
         with busy("decode"):
-            packet = next(packets, None)
-            if packet is not None and packet.stream is not vin:
-                if packet.size:  # (the demuxer's flush packets are empty)
-                    copied.append(packet)
+            event = next(events, None)
+            if event is not None and event[0] is not None:
+                copied.append(event[0])
             else:
-                frames += progressive(packet.decode() if packet is not None else None)
-            full = len(frames) >= batch or (packet is None and frames)
+                frames += progressive(event[1] if event is not None else None)
+            full = len(frames) >= batch or (event is None and frames)
             item = (copied, stacked(frames), [f.pts for f in frames]) if full else None
         if item:
             yield item
             copied, frames = [], []
-        if packet is None:
+        if event is None:
             break
     if copied:
         yield copied, None, []
@@ -500,9 +543,19 @@ class _Encoder:
             raise self.failures[0]
 
 
-def _output_format(dst: Path, codec: str) -> str:
-    """The container format FFmpeg picks for `dst` by its suffix, once `codec` is known to be a
-    video encoder: bad options end here, before any file is written or frame decoded."""
+STDIO = "-"  # as input: standard input; as output: Matroska to standard output
+
+
+def is_stream(src: str | Path) -> bool:
+    """Whether `src` is read as it comes rather than as a file: standard input (-) or a URL
+    (rtsp://, srt://, http://, udp://...: a camera, a call, a game's stream)."""
+    return str(src) == STDIO or re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://", str(src)) is not None
+
+
+def _output_format(dst: Path | str, codec: str) -> str:
+    """The container format FFmpeg picks for `dst` by its suffix (Matroska for standard output),
+    once `codec` is known to be a video encoder: bad options end here, before any file is written
+    or frame decoded."""
     import av
 
     try:
@@ -511,6 +564,8 @@ def _output_format(dst: Path, codec: str) -> str:
         kind = None
     if kind != "video":
         raise SrctlError(f"--codec {codec}: not a video encoder (libx264, libx265, png, ffv1, ...)")
+    if str(dst) == STDIO:
+        return "matroska"  # holds any codec, audio and subtitles; players read it from a pipe
     try:
         with av.open(str(dst), "w") as out:  # (writes nothing until encoding starts)
             return out.format.name
@@ -519,30 +574,49 @@ def _output_format(dst: Path, codec: str) -> str:
         raise SrctlError(f"{dst}: {msg}") from exc
 
 
-def _open(src: Path):
+def _name(src: Path | str) -> str:
+    return "standard input" if str(src) == STDIO else str(src)
+
+
+def _open(src: Path | str):
     import av
 
+    name = _name(src)
     try:
-        inp = av.open(str(src))
+        inp = av.open("pipe:0" if str(src) == STDIO else str(src))
     except (av.error.FFmpegError, OSError) as exc:
-        raise SrctlError(f"{src}: not a readable video ({exc})") from exc
+        raise SrctlError(f"{name}: not a readable video ({exc})") from exc
     if not inp.streams.video:
         inp.close()
-        raise SrctlError(f"{src}: has no video stream")
+        raise SrctlError(f"{name}: has no video stream")
     return inp
 
 
+@contextlib.contextmanager
+def _written(dst: Path | str, fmt: str):
+    """The output container: `dst` under a temporary name, renamed once complete; or standard
+    output, as it comes."""
+    import av
+
+    if str(dst) == STDIO:
+        with av.open("pipe:1", "w", format=fmt) as out:
+            yield out
+        return
+    with atomic_path(dst) as tmp, av.open(str(tmp), "w", format=fmt) as out:
+        yield out
+
+
 def _transcode(
-    inp, vin, others, encoder: _Encoder, batch: int, pin: bool, progress: bool, upscale, rgb: _ToRGB
+    events, vin, encoder: _Encoder, batch: int, pin: bool, progress: bool, upscale, rgb: _ToRGB
 ) -> None:
-    """Decode `inp` in batches of frames (a thread ahead; made RGB by `rgb`), `upscale` each batch,
-    hand frames and the packets to copy to `encoder` in order, and close it (after a failure without
-    checking: that one is reported)."""
+    """Decode `events` (`_demuxed`) in batches of frames of `vin` (a thread ahead; made RGB by
+    `rgb`), `upscale` each batch, hand frames and the packets to copy to `encoder` in order, and
+    close it (after a failure without checking: that one is reported)."""
     from tqdm import tqdm
 
     busy = encoder.busy
     bar = tqdm(total=vin.frames or None, unit="frame", disable=not progress, file=sys.stderr)
-    items = _prefetched(_decoded(inp, vin, others, batch, pin, busy, rgb), depth=2)
+    items = _prefetched(_decoded(events, batch, pin, busy, rgb), depth=2)
     try:
         with contextlib.closing(items):  # the decoding thread ends before the input is closed
             for copied, x, pts in items:
@@ -561,7 +635,7 @@ def _transcode(
 
 
 def upscale_video(
-    src: Path,
+    src: Path | str,
     dst: str | Path | None,
     net: M.ESPCN,
     codec: str = "libx264",
@@ -577,32 +651,45 @@ def upscale_video(
     segment_s: float = 2.0,
 ) -> dict:
     """Write `dst` (default: <stem>_x<scale>.mp4 beside `src`, or in `dst` if that is a folder;
-    atomically) with every video frame of `src` as players show it (progressive, turned, in SDR
-    colours: `_Progressive`, `_how_shown`), upscaled (and resized to `size`, see infer.parse_size;
-    for a 4:2:0 codec an odd last column or row cropped) and its audio tracks and subtitles copied;
-    `encoders` > 1 encodes segments of `segment_s` seconds that many at a time (see _Encoder).
+    atomically; `-`: Matroska to standard output, as it comes) with every video frame of `src` as
+    players show it (progressive, turned, in SDR colours: `_Progressive`, `_how_shown`), upscaled
+    (and resized to `size`, see infer.parse_size; for a 4:2:0 codec an odd last column or row
+    cropped) and its audio tracks and subtitles copied; `encoders` > 1 encodes segments of
+    `segment_s` seconds that many at a time (see _Encoder). `src` is a file or a stream
+    (`is_stream`: standard input, a URL), which Ctrl-C ends (`_ctrl_c_ends`).
     Returns frames, seconds, fps, size, dst, busy: the seconds each stage (decode, upscale, gpu,
-    encode) spent working, which tell the one that limits the rest, and scaled: how many frames were
-    of another size than the first (`_ToRGB`)."""
+    encode) spent working, which tell the one that limits the rest, scaled: how many frames were
+    of another size than the first (`_ToRGB`), left_out (`_Encoder`) and ended_by_ctrl_c."""
     import av
 
     s, device = net.scale, next(net.parameters()).device
-    name = f"{src.stem}_x{s}.mp4"
-    dst = Path(dst) / name if dst and is_folder(dst) else Path(dst or src.with_name(name))
-    check_outputs([src], [dst], force)  # the same refusals as infer: never the input, no clobbering
+    stream = is_stream(src)
+    src = src if stream else Path(src)
+    if str(dst) == STDIO:
+        dst = STDIO
+    elif dst is None or is_folder(dst):
+        if stream:
+            raise SrctlError(f"{src}: a stream has no name to give its output: -o names the file")
+        name = f"{src.stem}_x{s}.mp4"
+        dst = Path(dst) / name if dst else src.with_name(name)
+    else:
+        dst = Path(dst)
+    if dst != STDIO:  # the same refusals as infer: never the input, no clobbering
+        check_outputs([] if stream else [src], [dst], force)
     fmt = _output_format(dst, codec)
     tile = tile or (4096 if device.type == "cuda" else TILE)  # a GPU takes whole frames at once
     if device.type == "cuda":  # leave CPU cores to the decoder and encoder (+6% on an H100)
         torch.set_num_threads(min(4, torch.get_num_threads()))
-    started, busy = time.perf_counter(), _Busy()
+    started, busy, stop = time.perf_counter(), _Busy(), threading.Event()
     try:
-        with _open(src) as inp, atomic_path(dst) as tmp, av.open(str(tmp), "w", format=fmt) as out:
+        with _ctrl_c_ends(stream, stop), _open(src) as inp, _written(dst, fmt) as out:
             vin = inp.streams.video[0]
             vin.thread_type = "AUTO"
             others = [st for st in inp.streams if st.type in ("audio", "subtitle")]
             # upright and in the colours players show (as infer turns a photo by its EXIF
             # orientation): the output has no display matrix, and SDR colours tagged as such
-            (w, h), turn, colours, tags = _how_shown(src)
+            events = _demuxed(inp, vin, others, stop)
+            (w, h), turn, colours, tags, events = _how_shown(events, vin)
             frame = (h * s, w * s) if turn[0] else (w * s, h * s)
             # pixels that are not square (a DVD's 720x480 shown 16:9) stay so, with their aspect
             # ratio in the output; --size is a shown size: of square pixels
@@ -630,11 +717,11 @@ def upscale_video(
                 _upscaled, net, tile=tile, amp=amp, yuv=yuv, size=resize, crop=frame, turn=turn
             )
             rgb, pin = _ToRGB(colours, (w, h)), device.type == "cuda"
-            _transcode(inp, vin, others, encoder, batch, pin, progress, upscale, rgb)
+            _transcode(events, vin, encoder, batch, pin, progress, upscale, rgb)
             if encoder.frames == 0:
-                raise SrctlError(f"{src}: no video frames decoded")
+                raise SrctlError(f"{_name(src)}: no video frames decoded")
     except av.error.FFmpegError as exc:
-        raise SrctlError(f"{src}: video processing failed ({exc})") from exc
+        raise SrctlError(f"{_name(src)}: video processing failed ({exc})") from exc
     seconds = time.perf_counter() - started
     size = (encoder.vout.width, encoder.vout.height)
     return {
@@ -646,4 +733,5 @@ def upscale_video(
         "busy": busy.seconds,
         "scaled": rgb.scaled,
         "left_out": encoder.left_out,
+        "ended_by_ctrl_c": stop.is_set(),
     }
