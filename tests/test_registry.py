@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from srctl import model as M
@@ -122,6 +126,25 @@ def test_default_store_is_at_the_project_root(tmp_path, monkeypatch):
     assert registry.tracking_uri() == "http://127.0.0.1:5000"
 
 
+def test_outside_a_project_is_one_line_and_leaves_no_store(photo, tmp_path):
+    """`srctl infer photo.jpg` in a folder of photos, not in the project: it made an empty
+    mlflow.db there and said no model espcn-x3 was registered."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    res = subprocess.run(
+        [sys.executable, "-m", "srctl.cli", "infer", "photo.jpg"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 1
+    assert res.stderr == (
+        f"error: no srctl project at or above {tmp_path} (no dvc.yaml), so no MLflow store: run "
+        "this in the project, set MLFLOW_TRACKING_URI, or give --model-dir\n"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["photo.jpg"]
+
+
 @pytest.mark.parametrize("run_id, model", [("abc", "x@champion"), (None, "espcn-x3"), (None, None)])
 def test_model_uri_rejects_ambiguous_or_malformed(run_id, model):
     with pytest.raises(SrctlError):
@@ -130,7 +153,7 @@ def test_model_uri_rejects_ambiguous_or_malformed(run_id, model):
 
 def test_promote_refuses_an_alias_the_registry_would_not_take(mlflow_store):
     for alias in ("", "a b/c", "latest"):
-        with pytest.raises(SrctlError, match="register.alias must be letters, digits, _ or -"):
+        with pytest.raises(SrctlError, match="--alias must be letters, digits, _ or -"):
             registry.promote("espcn-x3/1", alias)
 
 

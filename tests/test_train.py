@@ -208,6 +208,8 @@ def uninterrupted(prepared_dir, tmp_path_factory):
         r"^epoch 1/3: loss [\d.]+, test PSNR [\d.]+ dB, [\d.]+ s/epoch, (\d+ min )?\d+ s left$"
     )
     assert re.search(epoch_line, res.stdout, re.M), res.stdout
+    # and what runs before the first of them (minutes on a CPU with compiling)
+    assert re.search(r"^train: 3 epochs of \d+ steps \(batch \d+, cpu, \w+\)$", res.stdout, re.M)
     return root
 
 

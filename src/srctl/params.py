@@ -212,14 +212,15 @@ def repo_root() -> Path:
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
-def check_register_names(model_name: str, alias: str) -> None:
+def check_register_names(model_name: str, alias: str, flag: str = "register.alias") -> None:
     """Names the Model Registry takes: a model name without / or :, an alias of letters, digits,
-    _ and - (not `latest`, nor a version's v1, v2...). A one-line error before any stage."""
+    _ and - (not `latest`, nor a version's v1, v2...). A one-line error before any stage, naming
+    where the alias came from (`flag`)."""
     if not model_name or any(c in model_name for c in "/:"):
         raise SrctlError(f"register.model_name must be a name without / or :, got {model_name!r}")
     if not re.fullmatch(r"[\w-]+", alias) or alias == "latest" or re.fullmatch(r"v\d+", alias):
         raise SrctlError(
-            f"register.alias must be letters, digits, _ or - (not latest or v<N>), got {alias!r}"
+            f"{flag} must be letters, digits, _ or - (not latest or v<N>), got {alias!r}"
         )
 
 

@@ -30,7 +30,15 @@ SCORE = "psnr"  # what makes a champion: mean BSDS300 test PSNR (dB), from the e
 
 
 def _embedded_uri() -> str:
-    return f"sqlite:///{P.repo_root()}/mlflow.db"
+    """The project's own store; outside a project, a one-line error (it made an empty mlflow.db
+    in whatever folder a command ran in, and then found no model there)."""
+    root = P.repo_root()
+    if not (root / "dvc.yaml").is_file():
+        raise SrctlError(
+            f"no srctl project at or above {Path.cwd()} (no dvc.yaml), so no MLflow store: run "
+            "this in the project, set MLFLOW_TRACKING_URI, or give --model-dir"
+        )
+    return f"sqlite:///{root}/mlflow.db"
 
 
 def tracking_uri() -> str:
@@ -61,7 +69,7 @@ def _experiment_id(mlflow) -> str:
     if found:
         return found.experiment_id
     # Embedded store: keep artifacts beside mlflow.db rather than under whatever the cwd is.
-    embedded = mlflow.get_tracking_uri() == _embedded_uri()
+    embedded = not os.environ.get("MLFLOW_TRACKING_URI")  # as tracking_uri decides
     location = (P.repo_root() / "mlartifacts").as_uri() if embedded else None
     return mlflow.create_experiment(name, artifact_location=location)
 
@@ -582,8 +590,9 @@ def promote(target: str, alias: str | None = None) -> dict:
     """Move `alias` (params' register.alias by default) to a model version: NAME/VERSION, or a run
     id (registered first, under params' name for the run's scale, if need be)."""
     params = _project_params()
+    flag = "register.alias" if alias is None else "--alias"
     alias = params.register.alias if alias is None else alias
-    P.check_register_names(params.register.model_name, alias)
+    P.check_register_names(params.register.model_name, alias, flag)
     mlflow = _mlflow()
     client = mlflow.MlflowClient()
     if "/" in target:

@@ -380,6 +380,12 @@ def train(
     if cfg.resume:
         _restore(state, checkpoint, fingerprint, rank, world)
     fwd, is_compiled = _wrapped(state, world, cfg.compile)
+    precision = str(amp or torch.float32).removeprefix("torch.")
+    if rank == 0:  # the first epoch's line can take minutes: say what runs meanwhile
+        steps = f"{cfg.epochs - state.epoch} epochs of {cfg.steps_per_epoch:,} steps"
+        how = f"batch {cfg.batch_size}, {device.type}, {precision}"
+        first = ", compiling in the first epoch" if is_compiled else ""
+        print(f"train: {steps} ({how}{first})", flush=True)
 
     started = time.perf_counter() - state.seconds
     tracking = contextlib.nullcontext()
@@ -403,7 +409,6 @@ def train(
         total = cfg.epochs * cfg.steps_per_epoch
         if rank:
             return {"steps": total, "train_seconds": time.perf_counter() - started}
-        precision = str(amp or torch.float32).removeprefix("torch.")
         graphed = isinstance(state.sched, GraphStep)
         facts = {"device": device.type, "precision": precision, "compiled": is_compiled}
         facts |= {"cuda_graph": graphed}
