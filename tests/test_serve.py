@@ -102,6 +102,17 @@ def test_too_many_bytes_is_4xx(server):
     assert res.status_code == 400 and "request over 1500000 bytes" in res.json()["message"]
 
 
+def test_a_port_in_use_is_one_line_before_any_server(server, tmp_path):
+    """It printed that it served, then MLflow's 33-line traceback."""
+    port = server.rsplit(":", 1)[1]
+    res = srctl_cli("serve", "--port", port, cwd=tmp_path)
+    assert res.returncode == 1
+    assert res.stderr == (
+        f"error: 127.0.0.1:{port}: cannot listen there (Address already in use); "
+        "choose another --port\n"
+    )
+
+
 def test_an_unknown_model_is_one_line_before_any_server(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     res = srctl_cli("serve", "--run-id", "0123abcd", "--port", "1", cwd=tmp_path)

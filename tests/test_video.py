@@ -147,8 +147,8 @@ def test_default_h264_and_bad_inputs_through_the_cli(clip, tmp_path, logged_mode
         ("out.mp5", "libx264", "no video format by that name's suffix"),
         ("out.mp4", "x264", "--codec x264: not a video encoder"),  # no such encoder
         ("out.mp4", "aac", "--codec aac: not a video encoder"),  # an audio one
-        ("out.mkv", "png", "'matroska' format does not support 'png' codec"),
-        ("out.webm", "libvpx-vp9", "'webm' format does not support 'aac' codec"),  # the audio's
+        ("out.mkv", "png", "'matroska' format does not support 'png' codec: choose another --c"),
+        ("out.webm", "libvpx-vp9", r"support 'aac' codec \(the audio, copied as it is\): choose"),
     ],
 )
 def test_bad_output_format_or_codec_is_an_error_before_any_file(
@@ -413,40 +413,69 @@ def test_a_stream_from_a_url_or_a_pipe_and_to_a_player(tmp_path, serve):
     assert not (tmp_path / "none.mkv").exists()
 
 
-def test_ctrl_c_ends_a_stream_and_keeps_what_came(tmp_path):
-    """A live stream has no end of its own: Ctrl-C ends the input there, and what came is upscaled
-    and written, a complete file (a file's Ctrl-C leaves nothing: it can be run again)."""
-    src = tmp_path / "live.mkv"
-    _make_clip(src, frames=600, codec="libx264")  # 480 KB, 50 s
-    model = tmp_path / "model"
-    M.save(M.ESPCN(3).eval(), model)
-    inputs = set(tmp_path.iterdir())
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "srctl.cli", "video", "-", "-o", "kept.mkv", "--model-dir", "model"],
-        stdin=subprocess.PIPE,
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory):
+    """50 s (600 frames, 480 KB) of 48x32 with audio, and a model: longer than any test waits."""
+    folder = tmp_path_factory.mktemp("long")
+    _make_clip(folder / "live.mkv", frames=600, codec="libx264")
+    M.save(M.ESPCN(3).eval(), folder / "model")
+    return folder / "live.mkv", folder / "model"
+
+
+def _start_video(args, cwd, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "srctl.cli", "video", *args],
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        cwd=tmp_path,
         # started from a background job, the child would inherit SIGINT as ignored
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        **kw,
+    )
+
+
+def _when_writing(proc, folder) -> None:
+    """Once `proc` writes its output (under its temporary name) in the empty `folder`."""
+    deadline = time.monotonic() + 120
+    while not any(folder.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_ctrl_c_ends_a_stream_and_keeps_what_came(long_clip, tmp_path):
+    """A live stream has no end of its own: Ctrl-C ends the input there, and what came is upscaled
+    and written, a complete file."""
+    src, model = long_clip
+    proc = _start_video(
+        ["-", "-o", "kept.mkv", "--model-dir", str(model)], tmp_path, stdin=subprocess.PIPE
     )
     data = src.read_bytes()
     # the first half: it returns once srctl has read all but a pipe's buffer (64 KB) of it
     proc.stdin.write(data[: len(data) // 2])
     proc.stdin.flush()
-    deadline = time.monotonic() + 120
-    while set(tmp_path.iterdir()) == inputs:  # the output, under its temporary name
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    _when_writing(proc, tmp_path)
     proc.send_signal(signal.SIGINT)  # the camera still sends: the second half comes after
     out, err = proc.communicate(data[len(data) // 2 :], timeout=60)
     assert proc.returncode == 0, err.decode()
     assert out.decode().strip().endswith("; the input ended by Ctrl-C)")
-    assert set(tmp_path.iterdir()) == inputs | {tmp_path / "kept.mkv"}
+    assert [p.name for p in tmp_path.iterdir()] == ["kept.mkv"]
     frames = _frames(tmp_path / "kept.mkv")
     assert 5 < len(frames) < 600 and frames[0].size == (144, 96)
     with av.open(str(tmp_path / "kept.mkv")) as f:
         assert [s.type for s in f.streams] == ["video", "audio"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_file_stopped_halfway_leaves_nothing(long_clip, tmp_path, sig):
+    """A file's Ctrl-C, or `kill`'s SIGTERM, stops it and removes the half-written output (SIGTERM
+    left it, under its temporary name): the command can be run again as it was."""
+    src, model = long_clip
+    proc = _start_video([str(src), "-o", "up.mkv", "--model-dir", str(model)], tmp_path)
+    _when_writing(proc, tmp_path)
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=60)[1].decode()
+    assert proc.returncode == 130 and "Traceback" not in err, err  # (typer: 130, as Ctrl-C)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_size_too_small_for_420_is_an_error(clip, tmp_path):

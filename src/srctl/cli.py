@@ -196,6 +196,22 @@ def video(
     )
 
 
+def _check_listen(host: str, port: int) -> None:
+    """A one-line error where the server could not listen (a port in use, an unknown host), not
+    MLflow's traceback after a line that says it serves."""
+    import socket
+
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+            s.bind(address)
+    except OSError as exc:  # (socket.gaierror included)
+        why = exc.strerror or exc
+        msg = f"{host}:{port}: cannot listen there ({why}); choose another --port"
+        raise SrctlError(msg) from exc
+
+
 @app.command()
 def serve(
     model: str | None = MODEL,
@@ -208,6 +224,7 @@ def serve(
     """Serve a model over HTTP with `mlflow models serve` (POST base64 images to /invocations)."""
     from srctl import registry
 
+    _check_listen(host, port)
     uri = registry.chosen_model_uri(run_id, model)
     registry.check_run(registry.run_of(uri))  # a one-line error, not the server's traceback
     typer.echo(f"serving {uri} on http://{host}:{port}/invocations", err=True)
@@ -362,8 +379,17 @@ def compare(
     typer.echo(f"{image} -> {dst} ({sheet.width}x{sheet.height})")
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # as Ctrl-C: what a command was writing is removed on the way out
+
+
 def main() -> None:
-    """The `srctl` entry point."""
+    """The `srctl` entry point. SIGTERM (`kill`, `timeout`, a service manager) ends a command as
+    Ctrl-C does: it left `srctl video`'s half-written temporary file behind."""
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     run_main(app)
 
 

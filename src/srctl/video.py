@@ -349,12 +349,13 @@ class _Encoder:
     """The output side: a video stream of `size` (width, height) of pixels `sar` times as wide as
     high, its colours of (primaries, transfer) `tags`, and copies of the input's `others` streams
     (audio tracks, subtitles; those `out`'s format cannot hold are left out, named in `left_out`; an
-    audio track among them raises ValueError), in `out`. Frames are encoded in other threads and
-    muxed with the copied packets, in order, by a muxing thread; at most `depth` frames wait to be
-    encoded. With `encoders` > 1 the video is cut into segments of `segment_s` seconds, each encoded
-    by an encoder of its own (so each starts on a keyframe), up to `encoders` at once, and their
-    packets are joined in order: one x264 at 4K is slower than the GPU. A failure in a thread is
-    raised in the caller's by `close` (or the next `put`)."""
+    audio track among them, or a `codec` it cannot hold, raises ValueError saying what to do), in
+    `out`. Frames are encoded in other threads and muxed with the copied packets, in order, by a
+    muxing thread; at most `depth` frames wait to be encoded. With `encoders` > 1 the video is cut
+    into segments of `segment_s` seconds, each encoded by an encoder of its own (so each starts on
+    a keyframe), up to `encoders` at once, and their packets are joined in order: one x264 at 4K is
+    slower than the GPU. A failure in a thread is raised in the caller's by `close` (or the next
+    `put`)."""
 
     def __init__(
         self, out, vin, others, size, codec: str, crf: int, preset: str, depth: int, busy: _Busy,
@@ -364,7 +365,10 @@ class _Encoder:
         from concurrent.futures import ThreadPoolExecutor
 
         rate = Fraction(vin.average_rate or vin.guessed_rate or 25)
-        self.out, self.vout = out, out.add_stream(codec, rate=rate)
+        try:
+            self.out, self.vout = out, out.add_stream(codec, rate=rate)
+        except ValueError as exc:  # "'webm' format does not support 'libx264' codec"
+            raise ValueError(f"{exc}: choose another --codec or suffix") from exc
         # each frame keeps its source timestamp: a phone's variable frame rate and a stream that
         # starts late stay in step with the copied audio. In the source's time base for encoders
         # that take any; others (mpeg4: denominators up to 65535; mpeg2video: standard rates only)
@@ -388,6 +392,8 @@ class _Encoder:
             self.vout.codec_context.color_range = 1  # AVCOL_RANGE_MPEG
         x26x = self.vout.codec_context.name.startswith("libx26")  # `h264` names libx264 too
         self.options = {"crf": str(crf), "preset": preset} if x26x else {}
+        if self.vout.codec_context.name == "libx265":  # ~30 "x265 [info]" lines otherwise
+            self.options["x265-params"] = "log-level=error"
         self.vout.options = dict(self.options)  # (emptied when the encoder opens)
         if x26x:
             # PyAV opens encoders with slice threads; x264's frame threads are faster at 4K and
@@ -397,9 +403,10 @@ class _Encoder:
         for st in others:
             try:
                 self.copies[st.index] = out.add_stream_from_template(st)
-            except ValueError:  # "'mp4' format does not support 'subrip' codec"
-                if st.type == "audio":  # the sound: the user picks another container
-                    raise
+            except ValueError as exc:  # "'mp4' format does not support 'subrip' codec"
+                if st.type == "audio":  # the sound is copied as it is: another container
+                    msg = f"{exc} (the audio, copied as it is): choose another suffix"
+                    raise ValueError(msg) from exc
                 self.left_out.append(f"{st.codec_context.name} {st.type}")
                 continue
             self.copies[st.index].metadata.update(st.metadata)  # a track's language and title
@@ -708,8 +715,8 @@ def upscale_video(
                     out, vin, others, frame, codec, crf, preset, 4 * batch, busy, encoders,
                     segment_s, sar, tags,
                 )  # fmt: skip
-            except ValueError as exc:  # "'webm' format does not support 'aac' codec"
-                raise SrctlError(f"{dst}: {exc}; choose another --codec or suffix") from exc
+            except ValueError as exc:  # a codec the container cannot hold: which, what to do
+                raise SrctlError(f"{dst}: {exc}") from exc
             # yuv420p on a GPU (it halves the bytes copied back); a CPU leaves it to swscale in the
             # encoder's thread: 80 1080p frames/s against PyTorch's 15 (EPYC, video_stages.py)
             yuv = encoder.yuv and device.type == "cuda"
