@@ -294,7 +294,10 @@ def runs(
 def promote(
     target: str = typer.Argument(..., help="RUN_ID or NAME/VERSION."),
     alias: str | None = typer.Option(
-        None, "--alias", show_default="register.alias in params.yaml: champion"
+        None,
+        "--alias",
+        help="The alias to move (staging, ...): letters, digits, _ or -.",
+        show_default="register.alias in params.yaml: champion",
     ),
 ) -> None:
     """Point the alias (champion) at a model version; a run is registered first if it is not yet."""
