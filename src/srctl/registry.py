@@ -29,20 +29,22 @@ MODEL_ARTIFACT = "model"  # runs:/<run_id>/model
 SCORE = "psnr"  # what makes a champion: mean BSDS300 test PSNR (dB), from the evaluate stage
 
 
-def _embedded_uri() -> str:
-    """The project's own store; outside a project, a one-line error (it made an empty mlflow.db
-    in whatever folder a command ran in, and then found no model there)."""
+def _embedded_uri() -> str | None:
+    """The project's own store; None outside a project."""
     root = P.repo_root()
-    if not (root / "dvc.yaml").is_file():
+    return f"sqlite:///{root}/mlflow.db" if (root / "dvc.yaml").is_file() else None
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else the project's store; outside a project, a one-line error (a
+    command made an empty mlflow.db in whatever folder it ran in, then found no model there)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or _embedded_uri()
+    if uri is None:
         raise SrctlError(
             f"no srctl project at or above {Path.cwd()} (no dvc.yaml), so no MLflow store: run "
             "this in the project, set MLFLOW_TRACKING_URI, or give --model-dir"
         )
-    return f"sqlite:///{root}/mlflow.db"
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or _embedded_uri()
+    return uri
 
 
 def quiet() -> None:
@@ -69,7 +71,8 @@ def _experiment_id(mlflow) -> str:
     if found:
         return found.experiment_id
     # Embedded store: keep artifacts beside mlflow.db rather than under whatever the cwd is.
-    embedded = not os.environ.get("MLFLOW_TRACKING_URI")  # as tracking_uri decides
+    # (not the variable: mlflow.set_tracking_uri sets it, to the embedded store too)
+    embedded = mlflow.get_tracking_uri() == _embedded_uri()
     location = (P.repo_root() / "mlartifacts").as_uri() if embedded else None
     return mlflow.create_experiment(name, artifact_location=location)
 
