@@ -194,6 +194,19 @@ def video(
         f"{stats['fps']:.1f} frames/s" + (f"; working: {busy}" if busy else "") + f"{left}{ended})",
         err=stats["dst"] == "-",  # standard output carries the video
     )
+    bad, cut = stats["damaged"], stats["cut_short"]
+    if bad["packets"] or bad["frames"]:
+        typer.echo(
+            f"warning: {src} is damaged: video packets skipped (could not be decoded): "
+            f"{bad['packets']}; frames concealed (as players show them): {bad['frames']}",
+            err=True,
+        )
+    if cut:
+        typer.echo(
+            f"warning: {src} ends at {cut[0]:.1f} s of the {cut[1]:.1f} s its header gives: "
+            "was it cut short?",
+            err=True,
+        )
 
 
 def _check_listen(host: str, port: int) -> None:

@@ -217,9 +217,21 @@ class _Progressive:
         return out
 
 
-def _demuxed(inp, vin, others, stop: threading.Event) -> Iterator[tuple]:
+class _Damage:
+    """What a damaged input cost: video packets the decoder refused (skipped), frames it flagged
+    as concealed (kept: players show them so too)."""
+
+    def __init__(self):
+        self.packets, self.frames = 0, 0
+
+
+def _demuxed(inp, vin, others, stop: threading.Event, damage: _Damage) -> Iterator[tuple]:
     """`inp` in stream order: (a packet of the `others` streams (audio, subtitles), None), or
-    (None, the frames of `vin` a packet decoded to); until its end, or `stop` is set."""
+    (None, the frames of `vin` a packet decoded to); until its end, or `stop` is set. A damaged
+    file (bits flipped on a disk, a transfer cut) goes on as players and ffmpeg go on, counted in
+    `damage`: one bad packet no longer loses the whole video."""
+    import av
+
     for packet in inp.demux(vin, *others):
         if stop.is_set():
             yield None, vin.decode(None)  # the frames the decoder still holds
@@ -227,8 +239,14 @@ def _demuxed(inp, vin, others, stop: threading.Event) -> Iterator[tuple]:
         if packet.stream is not vin:
             if packet.size:  # (the demuxer's flush packets are empty)
                 yield packet, None
-        else:
-            yield None, packet.decode()
+            continue
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            damage.packets += 1
+            continue
+        damage.frames += sum(f.is_corrupt for f in frames)
+        yield None, frames
 
 
 @contextlib.contextmanager
@@ -590,7 +608,8 @@ def _open(src: Path | str):
 
     name = _name(src)
     try:
-        inp = av.open("pipe:0" if str(src) == STDIO else str(src))
+        # a damaged file's tags may not be UTF-8: they are only copied, never read
+        inp = av.open("pipe:0" if str(src) == STDIO else str(src), metadata_errors="replace")
     except (av.error.FFmpegError, OSError) as exc:
         raise SrctlError(f"{name}: not a readable video ({exc})") from exc
     if not inp.streams.video:
@@ -611,6 +630,21 @@ def _written(dst: Path | str, fmt: str):
         return
     with atomic_path(dst) as tmp, av.open(str(tmp), "w", format=fmt) as out:
         yield out
+
+
+def _cut_short(inp, vin, encoder: _Encoder) -> tuple[float, float] | None:
+    """(the second the video ended, the one its header gives) when it ended well before: a file
+    cut short (a download or copy that stopped), or damaged where its demuxer lost the thread;
+    else None. Matroska gives the length of all streams: its sound may run on a little."""
+    if vin.duration:
+        stated = float(vin.duration * vin.time_base)
+    elif inp.duration:
+        stated = inp.duration / 1e6  # in av.time_base units
+    else:
+        return None
+    start = float(vin.start_time * vin.time_base) if vin.start_time is not None else 0.0
+    ended = float((encoder.pts + encoder.tick) * encoder.time_base) - start
+    return (ended, stated) if stated - ended > max(1.0, 0.05 * stated) else None
 
 
 def _transcode(
@@ -666,7 +700,8 @@ def upscale_video(
     (`is_stream`: standard input, a URL), which Ctrl-C ends (`_ctrl_c_ends`).
     Returns frames, seconds, fps, size, dst, busy: the seconds each stage (decode, upscale, gpu,
     encode) spent working, which tell the one that limits the rest, scaled: how many frames were
-    of another size than the first (`_ToRGB`), left_out (`_Encoder`) and ended_by_ctrl_c."""
+    of another size than the first (`_ToRGB`), left_out (`_Encoder`), ended_by_ctrl_c, damaged
+    (`_Damage`: packets skipped, frames concealed) and cut_short (`_cut_short`)."""
     import av
 
     s, device = net.scale, next(net.parameters()).device
@@ -687,7 +722,7 @@ def upscale_video(
     tile = tile or (4096 if device.type == "cuda" else TILE)  # a GPU takes whole frames at once
     if device.type == "cuda":  # leave CPU cores to the decoder and encoder (+6% on an H100)
         torch.set_num_threads(min(4, torch.get_num_threads()))
-    started, busy, stop = time.perf_counter(), _Busy(), threading.Event()
+    started, busy, stop, damage = time.perf_counter(), _Busy(), threading.Event(), _Damage()
     try:
         with _ctrl_c_ends(stream, stop), _open(src) as inp, _written(dst, fmt) as out:
             vin = inp.streams.video[0]
@@ -695,7 +730,7 @@ def upscale_video(
             others = [st for st in inp.streams if st.type in ("audio", "subtitle")]
             # upright and in the colours players show (as infer turns a photo by its EXIF
             # orientation): the output has no display matrix, and SDR colours tagged as such
-            events = _demuxed(inp, vin, others, stop)
+            events = _demuxed(inp, vin, others, stop, damage)
             (w, h), turn, colours, tags, events = _how_shown(events, vin)
             frame = (h * s, w * s) if turn[0] else (w * s, h * s)
             # pixels that are not square (a DVD's 720x480 shown 16:9) stay so, with their aspect
@@ -726,7 +761,9 @@ def upscale_video(
             rgb, pin = _ToRGB(colours, (w, h)), device.type == "cuda"
             _transcode(events, vin, encoder, batch, pin, progress, upscale, rgb)
             if encoder.frames == 0:
-                raise SrctlError(f"{_name(src)}: no video frames decoded")
+                bad = f" ({damage.packets} packets damaged)" if damage.packets else ""
+                raise SrctlError(f"{_name(src)}: no video frames decoded{bad}")
+            cut_short = None if stream else _cut_short(inp, vin, encoder)
     except av.error.FFmpegError as exc:
         raise SrctlError(f"{_name(src)}: video processing failed ({exc})") from exc
     seconds = time.perf_counter() - started
@@ -741,4 +778,6 @@ def upscale_video(
         "scaled": rgb.scaled,
         "left_out": encoder.left_out,
         "ended_by_ctrl_c": stop.is_set(),
+        "damaged": {"packets": damage.packets, "frames": damage.frames},
+        "cut_short": cut_short,
     }
