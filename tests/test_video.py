@@ -335,8 +335,9 @@ def test_an_interlaced_clip_comes_out_without_combs(tmp_path):
 
 def test_every_audio_track_and_the_subtitles_are_copied(tmp_path):
     """A film's rip holds audio tracks in several languages and subtitles: all are copied, packet
-    for packet, with their languages (only the first audio track was, and no subtitles). A
-    container that cannot hold the subtitles (mp4 and SubRip) leaves them out: the line says so."""
+    for packet, with their languages (only the first audio track was, and no subtitles), into a
+    .mkv by default for a .mkv. A container that cannot hold the subtitles (mp4 and SubRip) leaves
+    them out: the line says so."""
     srt = tmp_path / "film.srt"
     srt.write_text(
         "1\n00:00:00,100 --> 00:00:00,400\nHello\n\n2\n00:00:00,500 --> 00:00:00,700\nBye\n"
@@ -345,9 +346,9 @@ def test_every_audio_track_and_the_subtitles_are_copied(tmp_path):
     _make_clip(src, codec="libx264", languages=("eng", "fra"), subtitles=srt)
     model = tmp_path / "model"
     M.save(M.ESPCN(3).eval(), model)
-    res = srctl_cli("video", str(src), "-o", "up.mkv", "--model-dir", str(model), cwd=tmp_path)
+    res = srctl_cli("video", str(src), "--model-dir", str(model), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "left out" not in res.stdout
+    assert "left out" not in res.stdout  # the default for a .mkv: <stem>_x3.mkv
 
     def tracks(path):  # each stream's (kind, codec, language), the others' packets
         with av.open(str(path)) as f:
@@ -358,7 +359,7 @@ def test_every_audio_track_and_the_subtitles_are_copied(tmp_path):
                     packets[p.stream.index].append(bytes(p))
         return kinds, packets[1:]
 
-    (kinds, packets), (got_kinds, got_packets) = tracks(src), tracks(tmp_path / "up.mkv")
+    (kinds, packets), (got_kinds, got_packets) = tracks(src), tracks(tmp_path / "film_x3.mkv")
     assert kinds[1:] == [
         ("audio", "aac", "eng"),
         ("audio", "aac", "fra"),
@@ -564,7 +565,7 @@ def test_a_damaged_clip_is_upscaled_as_far_as_it_decodes(clip, tmp_path, logged_
     tagged.write_bytes(tagged.read_bytes().replace(b"TITLE-TAG", b"\xcf" * 9))
     res = srctl_cli("video", str(tagged), "--run-id", run_id, cwd=store)
     assert res.returncode == 0, res.stderr
-    assert (tmp_path / "tagged_x3.mp4").is_file()
+    assert (tmp_path / "tagged_x3.mkv").is_file()
 
 
 def test_a_file_cut_short_says_so(tmp_path):

@@ -127,8 +127,8 @@ def video(
         "-o",
         "--output",
         help="Output video; its suffix picks the container. A folder (it exists, or the name ends "
-        "with /): <stem>_x<scale>.mp4 in it. -: Matroska to standard output (to a player).",
-        show_default="<stem>_x<scale>.mp4 beside the input",
+        "with /): the default name in it. -: Matroska to standard output (to a player).",
+        show_default="<stem>_x<scale>.mp4 beside the input (.mkv for a .mkv)",
     ),
     run_id: str | None = RUN_ID,
     model: str | None = MODEL,

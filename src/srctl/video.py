@@ -691,7 +691,8 @@ def upscale_video(
     encoders: int = 1,
     segment_s: float = 2.0,
 ) -> dict:
-    """Write `dst` (default: <stem>_x<scale>.mp4 beside `src`, or in `dst` if that is a folder;
+    """Write `dst` (default: <stem>_x<scale>.mp4 beside `src`, .mkv for a .mkv, or in `dst` if that
+    is a folder;
     atomically; `-`: Matroska to standard output, as it comes) with every video frame of `src` as
     players show it (progressive, turned, in SDR colours: `_Progressive`, `_how_shown`), upscaled
     (and resized to `size`, see infer.parse_size; for a 4:2:0 codec an odd last column or row
@@ -712,7 +713,8 @@ def upscale_video(
     elif dst is None or is_folder(dst):
         if stream:
             raise SrctlError(f"{src}: a stream has no name to give its output: -o names the file")
-        name = f"{src.stem}_x{s}.mp4"
+        # a film's .mkv keeps its SubRip or ASS subtitles, which .mp4 cannot hold
+        name = f"{src.stem}_x{s}{'.mkv' if src.suffix.lower() == '.mkv' else '.mp4'}"
         dst = Path(dst) / name if dst else src.with_name(name)
     else:
         dst = Path(dst)
