@@ -133,6 +133,8 @@ def test_compare_picture(logged_model_store, tmp_path):
     assert res.returncode == 0, res.stderr
     sheet = Image.open(tmp_path / "small_compare.png")
     assert sheet.size == (2 * 360, 240 + 40 * 3)
+    # the zoomed crops span the sheet's width (they filled half of it, the rest left white)
+    assert (np.asarray(sheet)[240:] == 255).all(axis=2).mean() < 0.01
     res = srctl_cli("compare", str(small), "--run-id", run_id, "-o", str(small), cwd=store)
     assert res.returncode == 1 and "is an input" in res.stderr
     # a 16-bit greyscale scan is compared as its 8-bit self, not as a white sheet
