@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from fractions import Fraction
 
@@ -375,12 +376,13 @@ def test_every_audio_track_and_the_subtitles_are_copied(tmp_path):
 
 def test_a_stream_from_a_url_or_a_pipe_and_to_a_player(tmp_path, serve):
     """A camera's or a call's stream comes by URL (here HTTP on 127.0.0.1) or through a pipe
-    (`-`), and `-o -` pipes Matroska on to a player: the same frames as from a file."""
+    (`-`), and `-o -` pipes Matroska on to a player: the same frames as from a file (lossless
+    FFV1: a stream's x264 is tuned for latency, a file's for size)."""
     src = tmp_path / "call.mkv"
     _make_clip(src, codec="libx264")
     model = tmp_path / "model"
     M.save(M.ESPCN(3).eval(), model)
-    opts = ["--model-dir", str(model)]
+    opts = ["--model-dir", str(model), "--codec", "ffv1"]
     res = srctl_cli("video", str(src), "-o", "file.mkv", *opts, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     res = srctl_cli("video", serve("call.mkv"), "-o", "url.mkv", *opts, cwd=tmp_path)
@@ -412,6 +414,43 @@ def test_a_stream_from_a_url_or_a_pipe_and_to_a_player(tmp_path, serve):
     res = srctl_cli("video", url, "-o", "none.mkv", *opts, cwd=tmp_path)
     assert res.returncode == 1 and res.stderr.startswith(f"error: {url}: not a readable video (")
     assert not (tmp_path / "none.mkv").exists()
+
+
+def test_a_live_streams_frames_come_out_while_it_comes_in(tmp_path):
+    """A call sends its frames as they happen: each comes out upscaled (Matroska on standard
+    output, to a player) while the stream is still open, not once a batch of 8, x264's lookahead
+    and a 32 KB Matroska cluster have filled (bench/stream_latency.py measures the latency)."""
+    model = tmp_path / "model"
+    M.save(M.ESPCN(3).eval(), model)
+    proc = _start_video(
+        ["-", "-o", "-", "--model-dir", str(model)], tmp_path, stdin=subprocess.PIPE, bufsize=0
+    )
+    got: list = []
+
+    def read() -> None:
+        with av.open(proc.stdout, format="matroska", buffer_size=1024) as out:
+            got.extend(p for p in out.demux(video=0) if p.size)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    sent = 24
+    with av.open(proc.stdin, "w", format="mpegts", container_options={"flush_packets": "1"}) as f:
+        v = f.add_stream("libx264", rate=RATE)
+        v.width, v.height, v.pix_fmt = 48, 32, "yuv420p"
+        v.options = {"tune": "zerolatency"}  # as a call's sender: nothing held back
+        for i in range(sent):
+            f.mux(v.encode(av.VideoFrame.from_image(_photo().crop((i, 0, i + 48, 32)))))
+        # the stream stays open: the frames sent must come out now (all but the last few:
+        # MPEG-TS's H.264 parser waits for the next frame's start, a cluster for the next packet)
+        deadline = time.monotonic() + 120
+        while len(got) < sent - 4 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(got) >= sent - 4, f"{len(got)} of {sent} frames out while the stream is open"
+        f.mux(v.encode(None))
+    proc.stdin.close()
+    reader.join(60)
+    assert proc.wait(60) == 0, proc.stderr.read().decode()
+    assert len(got) == sent
 
 
 @pytest.fixture(scope="module")

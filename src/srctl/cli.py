@@ -138,7 +138,13 @@ def video(
     ),
     crf: int = typer.Option(18, "--crf", help="x264/x265 quality: lower is better."),
     preset: str = typer.Option("veryfast", "--preset", help="x264/x265 speed preset."),
-    batch: int = typer.Option(8, "--batch", min=1, help="Frames per network batch."),
+    batch: int | None = typer.Option(
+        None,
+        "--batch",
+        min=1,
+        help="Frames per network batch.",
+        show_default="8; 1 for a stream, each frame out as soon as it is upscaled",
+    ),
     encoders: int = typer.Option(
         1,
         "--encoders",

@@ -372,13 +372,13 @@ class _Encoder:
     muxing thread; at most `depth` frames wait to be encoded. With `encoders` > 1 the video is cut
     into segments of `segment_s` seconds, each encoded by an encoder of its own (so each starts on
     a keyframe), up to `encoders` at once, and their packets are joined in order: one x264 at 4K is
-    slower than the GPU. A failure in a thread is raised in the caller's by `close` (or the next
-    `put`)."""
+    slower than the GPU. `live`: x264/x265 keep no frames back (see upscale_video). A failure in a
+    thread is raised in the caller's by `close` (or the next `put`)."""
 
     def __init__(
         self, out, vin, others, size, codec: str, crf: int, preset: str, depth: int, busy: _Busy,
         encoders: int = 1, segment_s: float = 2.0, sar: Fraction = Fraction(1),
-        tags: tuple[int, int] = (UNSPECIFIED, UNSPECIFIED),
+        tags: tuple[int, int] = (UNSPECIFIED, UNSPECIFIED), live: bool = False,
     ):  # fmt: skip
         from concurrent.futures import ThreadPoolExecutor
 
@@ -410,12 +410,15 @@ class _Encoder:
             self.vout.codec_context.color_range = 1  # AVCOL_RANGE_MPEG
         x26x = self.vout.codec_context.name.startswith("libx26")  # `h264` names libx264 too
         self.options = {"crf": str(crf), "preset": preset} if x26x else {}
+        if x26x and live:  # no lookahead, no B-frames, slice threads: each frame out at once
+            self.options["tune"] = "zerolatency"
         if self.vout.codec_context.name == "libx265":  # ~30 "x265 [info]" lines otherwise
             self.options["x265-params"] = "log-level=error"
         self.vout.options = dict(self.options)  # (emptied when the encoder opens)
-        if x26x:
+        if x26x and not live:
             # PyAV opens encoders with slice threads; x264's frame threads are faster at 4K and
-            # make smaller files (1.35-1.5x on the H200's 16 cores: README, bench/video_stages.py)
+            # make smaller files (1.35-1.5x on the H200's 16 cores: README, bench/video_stages.py),
+            # but each holds a frame back
             self.vout.codec_context.thread_type = "FRAME"
         self.copies, self.left_out = {}, []  # input stream index -> its copy; names
         for st in others:
@@ -621,11 +624,14 @@ def _open(src: Path | str):
 @contextlib.contextmanager
 def _written(dst: Path | str, fmt: str):
     """The output container: `dst` under a temporary name, renamed once complete; or standard
-    output, as it comes."""
+    output, as it comes: a Matroska cluster a packet (by default the muxer holds a second's or
+    32 KB's, which a player then showed at once)."""
     import av
 
     if str(dst) == STDIO:
-        with av.open("pipe:1", "w", format=fmt) as out:
+        with av.open(
+            "pipe:1", "w", format=fmt, container_options={"cluster_time_limit": "0"}
+        ) as out:
             yield out
         return
     with atomic_path(dst) as tmp, av.open(str(tmp), "w", format=fmt) as out:
@@ -682,7 +688,7 @@ def upscale_video(
     codec: str = "libx264",
     crf: int = 18,
     preset: str = "veryfast",
-    batch: int = 8,
+    batch: int | None = None,
     amp: torch.dtype | None = None,
     tile: int | None = None,
     progress: bool = False,
@@ -698,7 +704,11 @@ def upscale_video(
     (and resized to `size`, see infer.parse_size; for a 4:2:0 codec an odd last column or row
     cropped) and its audio tracks and subtitles copied; `encoders` > 1 encodes segments of
     `segment_s` seconds that many at a time (see _Encoder). `src` is a file or a stream
-    (`is_stream`: standard input, a URL), which Ctrl-C ends (`_ctrl_c_ends`).
+    (`is_stream`: standard input, a URL), which Ctrl-C ends (`_ctrl_c_ends`). `batch` frames go
+    through the network at once; by default 8 for a file and 1 for a stream, which is live (a
+    call, a game, a camera): each frame goes on as soon as it is decoded, and the decoder and
+    x264/x265 keep none back (slice threads; tune zerolatency), so that it comes out a frame's
+    work after it came in, not seconds (bench/stream_latency.py).
     Returns frames, seconds, fps, size, dst, busy: the seconds each stage (decode, upscale, gpu,
     encode) spent working, which tell the one that limits the rest, scaled: how many frames were
     of another size than the first (`_ToRGB`), left_out (`_Encoder`), ended_by_ctrl_c, damaged
@@ -707,6 +717,7 @@ def upscale_video(
 
     s, device = net.scale, next(net.parameters()).device
     stream = is_stream(src)
+    batch = batch or (1 if stream else 8)
     src = src if stream else Path(src)
     if str(dst) == STDIO:
         dst = STDIO
@@ -728,7 +739,7 @@ def upscale_video(
     try:
         with _ctrl_c_ends(stream, stop), _open(src) as inp, _written(dst, fmt) as out:
             vin = inp.streams.video[0]
-            vin.thread_type = "AUTO"
+            vin.thread_type = "SLICE" if stream else "AUTO"  # frame threads hold frames back
             others = [st for st in inp.streams if st.type in ("audio", "subtitle")]
             # upright and in the colours players show (as infer turns a photo by its EXIF
             # orientation): the output has no display matrix, and SDR colours tagged as such
@@ -750,7 +761,7 @@ def upscale_video(
             try:
                 encoder = _Encoder(
                     out, vin, others, frame, codec, crf, preset, 4 * batch, busy, encoders,
-                    segment_s, sar, tags,
+                    segment_s, sar, tags, live=stream,
                 )  # fmt: skip
             except ValueError as exc:  # a codec the container cannot hold: which, what to do
                 raise SrctlError(f"{dst}: {exc}") from exc
