@@ -28,9 +28,7 @@ from pathlib import Path
 import av
 import numpy as np
 from PIL import Image
-
-ROOT = Path(__file__).resolve().parents[1]
-PHOTO = ROOT.parent / "shared" / "datasets" / "BSDS300" / "images" / "test" / "3096.jpg"
+from video_speed import PHOTO, ROOT, package_at, split_dashes
 
 
 def send(stdin, frames: list[Image.Image], rate: int, sent: list[float]) -> None:
@@ -102,8 +100,7 @@ def run(frames, rate: int, model: Path, extra: list[str], src: Path) -> dict:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv, extra = split_dashes(sys.argv[1:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="256x144")
     ap.add_argument("--rate", type=int, default=10)
@@ -111,7 +108,7 @@ def main() -> None:
     ap.add_argument("--model-dir", type=Path, default=ROOT / "models" / "espcn")
     ap.add_argument("--against", default=None, help="a git commit whose srctl runs too")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each, the best one counts")
-    args = ap.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args = ap.parse_args(argv)
     w, h = map(int, args.size.split("x"))
     n = args.rate * args.seconds
     photo = Image.open(PHOTO).convert("RGB").resize((w + n, h + n // 2), Image.BICUBIC)
@@ -119,12 +116,7 @@ def main() -> None:
     scratch = tempfile.TemporaryDirectory(prefix="srctl-latency-")  # removed when main returns
     versions = {"this checkout": ROOT / "src"}
     if args.against:  # the package as committed at REF, beside this one
-        old = Path(scratch.name)
-        tar = subprocess.run(
-            ["git", "archive", args.against, "src/srctl"], cwd=ROOT, capture_output=True, check=True
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(old)], input=tar, check=True)
-        versions = {args.against: old / "src", **versions}
+        versions = {args.against: package_at(args.against, Path(scratch.name)), **versions}
     best: dict[str, dict] = {}
     for _ in range(args.repeat):
         for label, src in versions.items():

@@ -56,16 +56,31 @@ def make_clip(path: Path, w: int, h: int, frames: int, rate: int = 30) -> None:
         out.mux(a.encode(None))
 
 
+def split_dashes(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(this script's arguments, the srctl options after --)."""
+    if "--" not in argv:
+        return argv, []
+    return argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+
+
+def package_at(ref: str, folder: Path) -> Path:
+    """The src/ folder of srctl as committed at `ref`, extracted under `folder`."""
+    tar = subprocess.run(
+        ["git", "archive", ref, "src/srctl"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=tar, check=True)
+    return folder / "src"
+
+
 def main() -> None:
-    argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv, extra = split_dashes(sys.argv[1:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="1280x720")
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--run-id", default=None)
     ap.add_argument("--against", default=None, help="a git commit whose srctl runs too")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each, the best one counts")
-    args = ap.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args = ap.parse_args(argv)
     w, h = map(int, args.size.split("x"))
     run_id = args.run_id or json.loads((ROOT / "models" / "mlflow_run.json").read_text())["run_id"]
     scratch = tempfile.TemporaryDirectory(prefix="srctl-video-")  # removed when main returns
@@ -76,11 +91,7 @@ def main() -> None:
     if args.against:  # the package as committed at REF, beside this one
         old = work / "against"
         old.mkdir()
-        tar = subprocess.run(
-            ["git", "archive", args.against, "src/srctl"], cwd=ROOT, capture_output=True, check=True
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(old)], input=tar, check=True)
-        versions = {args.against: old / "src", **versions}
+        versions = {args.against: package_at(args.against, old), **versions}
     best: dict[str, tuple[float, float]] = {}
     for _ in range(args.repeat):
         for label, src in versions.items():
