@@ -11,15 +11,26 @@ from srctl import registry
 from conftest import BSDS300, srctl_cli, tiny_params
 
 
-def test_runs_table_and_promote(logged_model_store):
+def test_runs_table_and_promote(logged_model_store, monkeypatch):
     store, run_id = logged_model_store
     registry.log_evaluation(
         run_id, {"psnr": 27.5, "bicubic_psnr": 27.2, "train_seconds": 12.0}, {}, {}
     )
+    # (set either way: readline, which pytest loads, exports its terminal's COLUMNS to children)
+    monkeypatch.setenv("COLUMNS", "300")  # a wide terminal: every column
     res = srctl_cli("runs", "--sort", "psnr", cwd=store)
     assert res.returncode == 0, res.stderr
     line = next(line for line in res.stdout.splitlines() if run_id in line)
     assert "27.50" in line and "27.20" in line and "FINISHED" in line
+    monkeypatch.setenv("COLUMNS", "80")  # a terminal of 80: the columns least asked for go
+    res = srctl_cli("runs", cwd=store)
+    assert res.returncode == 0, res.stderr
+    assert max(map(len, res.stdout.splitlines()[:-1])) <= 80
+    line = next(line for line in res.stdout.splitlines() if run_id in line)
+    assert "27.50" in line and "27.20" not in line
+    assert res.stdout.splitlines()[-1].endswith(
+        "bicubic, lr, x, data, train s left out to fit 80 columns)"
+    )
 
     res = srctl_cli("promote", run_id, cwd=store)  # not registered yet: registered, then promoted
     assert res.returncode == 0, res.stderr

@@ -260,6 +260,7 @@ def runs(
     """List training runs: id, date, scale, key params, PSNR vs bicubic, train time.
 
     data is the degradation trained on: clean, or real (whose PSNR is on JPEG q50 inputs)."""
+    import shutil
     from datetime import datetime
 
     from rich.console import Console
@@ -271,42 +272,43 @@ def runs(
     if not rows:
         typer.echo(f"no runs in {registry.tracking_uri()}")
         return
-    table = Table(
-        "run id",
-        "date",
-        "exp",
-        "x",
-        "arch",
-        "data",
-        "epochs",
-        "steps/ep",
-        "batch",
-        "lr",
-        "PSNR",
-        "bicubic",
-        "train s",
-        "status",
-    )
     num = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
-    for r in rows:
-        date = datetime.fromtimestamp(r["date"] / 1000).strftime("%Y-%m-%d %H:%M")
-        table.add_row(
-            r["run_id"],
-            date,
-            r["experiment"],
-            r["scale"],
-            r["arch"],
-            r["degradation"],
-            r["epochs"],
-            r["steps_per_epoch"],
-            r["batch_size"],
-            r["lr"],
-            num(r["psnr"], ".2f"),
-            num(r["bicubic_psnr"], ".2f"),
-            num(r["train_seconds"], ".0f"),
-            r["status"],
-        )
-    Console(width=200).print(table)
+    cells = {
+        "run id": [r["run_id"] for r in rows],
+        "date": [datetime.fromtimestamp(r["date"] / 1000).strftime("%Y-%m-%d %H:%M") for r in rows],
+        "exp": [r["experiment"] for r in rows],
+        "x": [r["scale"] for r in rows],
+        "arch": [r["arch"] for r in rows],
+        "data": [r["degradation"] for r in rows],
+        "epochs": [r["epochs"] for r in rows],
+        "steps/ep": [r["steps_per_epoch"] for r in rows],
+        "batch": [r["batch_size"] for r in rows],
+        "lr": [r["lr"] for r in rows],
+        "PSNR": [num(r["psnr"], ".2f") for r in rows],
+        "bicubic": [num(r["bicubic_psnr"], ".2f") for r in rows],
+        "train s": [num(r["train_seconds"], ".0f") for r in rows],
+        "status": [r["status"] for r in rows],
+    }
+    cells = {h: ["" if v is None else str(v) for v in col] for h, col in cells.items()}
+
+    def width(headers: list[str]) -> int:  # of rich's table: a border and 2 spaces a column
+        return 1 + sum(3 + max(len(h), *map(len, cells[h])) for h in headers)
+
+    # a terminal (or COLUMNS) narrower than the table: the columns least asked for go first;
+    # piped on, every column
+    fit = shutil.get_terminal_size((0, 0)).columns
+    shown, left_out = list(cells), []
+    for h in "exp steps/ep batch status arch bicubic lr x data".split() + ["train s"]:
+        if not fit or width(shown) <= fit:
+            break
+        shown.remove(h)
+        left_out.append(h)
+    table = Table(*shown)
+    for i in range(len(rows)):
+        table.add_row(*(cells[h][i] for h in shown))
+    Console(width=max(fit, width(shown))).print(table)
+    if left_out:
+        typer.echo(f"({', '.join(left_out)} left out to fit {fit} columns)")
 
 
 @app.command()
