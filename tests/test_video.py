@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -451,6 +452,26 @@ def test_a_live_streams_frames_come_out_while_it_comes_in(tmp_path):
     reader.join(60)
     assert proc.wait(60) == 0, proc.stderr.read().decode()
     assert len(got) == sent
+
+
+def test_realtime_drops_the_frames_that_wait_to_keep_up(tmp_path):
+    """A live input that comes faster than this machine upscales (here 30 frames of 320x240 at
+    once): with --realtime the frames that came while the network worked are dropped, and counted,
+    instead of waiting (a call's delay grew by the second); every frame is one or the other."""
+    model = tmp_path / "model"
+    M.save(M.ESPCN(3).eval(), model)
+    src = tmp_path / "call.mkv"
+    _make_clip(src, frames=30, size=(320, 240), codec="libx264")
+    args = ["-", "-o", "out.mkv", "--model-dir", str(model), "--realtime"]
+    with src.open("rb") as stdin:
+        proc = _start_video(args, tmp_path, stdin=stdin)
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    kept = len(_frames(tmp_path / "out.mkv"))
+    dropped = int(re.search(r"; (\d+) dropped to keep up\)", out.decode()).group(1))
+    assert kept >= 1 and dropped >= 1 and kept + dropped == 30
+    res = srctl_cli("video", str(src), "--realtime", "--model-dir", str(model), cwd=tmp_path)
+    assert res.returncode == 1 and "--realtime keeps up with a live input" in res.stderr
 
 
 @pytest.fixture(scope="module")

@@ -152,6 +152,12 @@ def video(
         help="Encoders at once, each on 2-second segments (each starts on a keyframe), joined in "
         "order: for when one encoder is slower than the network (4K on a GPU).",
     ),
+    realtime: bool = typer.Option(
+        False,
+        "--realtime",
+        help="Keep up with a live input (a call, a game) that comes faster than this machine "
+        "upscales: frames that wait meanwhile are dropped (counted), so the delay stays short.",
+    ),
     force: bool = FORCE,
     device: str | None = DEVICE,
     half: bool = HALF,
@@ -187,6 +193,7 @@ def video(
         force=force,
         size=target,
         encoders=encoders,
+        realtime=realtime,
     )
     w, h = stats["size"]
     busy = ", ".join(f"{k} {v:.1f} s" for k, v in stats["busy"].items() if v >= 0.05)
@@ -195,6 +202,7 @@ def video(
     them = "them" if len(stats["left_out"]) > 1 else "it"
     left = f"; left out, as {Path(stats['dst']).suffix} cannot hold {them}: {left}" if left else ""
     ended = "; the input ended by Ctrl-C" if stats["ended_by_ctrl_c"] else ""
+    ended += f"; {stats['dropped']} dropped to keep up" if stats["dropped"] else ""
     typer.echo(
         f"{src} -> {stats['dst']} ({stats['frames']} frames{scaled}, {w}x{h}, "
         f"{stats['fps']:.1f} frames/s" + (f"; working: {busy}" if busy else "") + f"{left}{ended})",

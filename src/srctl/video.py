@@ -305,9 +305,11 @@ def _decoded(events: Iterator, batch: int, pin: bool, busy: _Busy, rgb: _ToRGB) 
         yield copied, None, []
 
 
-def _prefetched(items: Iterator, depth: int) -> Iterator:
-    """`items`, made by a second thread up to `depth` ahead; its failure is raised here. Closing
-    this generator stops and joins that thread (it must not outlive the files it reads)."""
+def _prefetched(items: Iterator, depth: int, merge=None) -> Iterator:
+    """`items`, made by a second thread up to `depth` ahead (0: no limit); its failure is raised
+    here. With `merge`, the items waiting when one is taken are merged into it, in order
+    (merge(older, newer) -> one). Closing this generator stops and joins that thread (it must not
+    outlive the files it reads)."""
     queue: Queue = Queue(maxsize=depth)
     end, stop, failures = object(), threading.Event(), []
 
@@ -325,7 +327,17 @@ def _prefetched(items: Iterator, depth: int) -> Iterator:
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
     try:
-        while (item := queue.get()) is not end:
+        ended = False
+        while not ended and (item := queue.get()) is not end:
+            while merge is not None:
+                try:
+                    newer = queue.get_nowait()
+                except Empty:
+                    break
+                if newer is end:
+                    ended = True
+                    break
+                item = merge(item, newer)
             yield item
         if failures:
             raise failures[0]
@@ -653,17 +665,34 @@ def _cut_short(inp, vin, encoder: _Encoder) -> tuple[float, float] | None:
     return (ended, stated) if stated - ended > max(1.0, 0.05 * stated) else None
 
 
+class _KeepUp:
+    """--realtime: merges the batches `_decoded` made while the network was busy into the newest
+    one (their packets to copy all kept, in order), counting the frames it drops in `dropped`."""
+
+    def __init__(self):
+        self.dropped = 0
+
+    def __call__(self, older: tuple, newer: tuple) -> tuple:
+        if newer[1] is None:  # the end: what it copies comes after the older batch's frames
+            return older[0] + newer[0], older[1], older[2]
+        self.dropped += 0 if older[1] is None else len(older[1])
+        return older[0] + newer[0], newer[1], newer[2]
+
+
 def _transcode(
-    events, vin, encoder: _Encoder, batch: int, pin: bool, progress: bool, upscale, rgb: _ToRGB
-) -> None:
+    events, vin, encoder: _Encoder, batch: int, pin: bool, progress: bool, upscale, rgb: _ToRGB,
+    keep_up: _KeepUp | None = None,
+) -> None:  # fmt: skip
     """Decode `events` (`_demuxed`) in batches of frames of `vin` (a thread ahead; made RGB by
     `rgb`), `upscale` each batch, hand frames and the packets to copy to `encoder` in order, and
-    close it (after a failure without checking: that one is reported)."""
+    close it (after a failure without checking: that one is reported). With `keep_up`, the decoder
+    reads on as the input comes and only the newest batch waiting is upscaled."""
     from tqdm import tqdm
 
     busy = encoder.busy
     bar = tqdm(total=vin.frames or None, unit="frame", disable=not progress, file=sys.stderr)
-    items = _prefetched(_decoded(events, batch, pin, busy, rgb), depth=2)
+    decoded = _decoded(events, batch, pin, busy, rgb)
+    items = _prefetched(decoded, depth=0, merge=keep_up) if keep_up else _prefetched(decoded, 2)
     try:
         with contextlib.closing(items):  # the decoding thread ends before the input is closed
             for copied, x, pts in items:
@@ -696,6 +725,7 @@ def upscale_video(
     size: tuple[int | None, int | None] | None = None,
     encoders: int = 1,
     segment_s: float = 2.0,
+    realtime: bool = False,
 ) -> dict:
     """Write `dst` (default: <stem>_x<scale>.mp4 beside `src`, .mkv for a .mkv, or in `dst` if that
     is a folder;
@@ -708,16 +738,22 @@ def upscale_video(
     through the network at once; by default 8 for a file and 1 for a stream, which is live (a
     call, a game, a camera): each frame goes on as soon as it is decoded, and the decoder and
     x264/x265 keep none back (slice threads; tune zerolatency), so that it comes out a frame's
-    work after it came in, not seconds (bench/stream_latency.py).
+    work after it came in, not seconds (bench/stream_latency.py). `realtime`: keep up with a live
+    input that comes faster than the network upscales it (a call on a slow machine) by dropping
+    the frames that wait while it works, so that the delay stays that of one batch; their times
+    are left out of the output (players show the frame before for longer).
     Returns frames, seconds, fps, size, dst, busy: the seconds each stage (decode, upscale, gpu,
     encode) spent working, which tell the one that limits the rest, scaled: how many frames were
-    of another size than the first (`_ToRGB`), left_out (`_Encoder`), ended_by_ctrl_c, damaged
+    of another size than the first (`_ToRGB`), left_out (`_Encoder`), ended_by_ctrl_c, dropped
+    (`realtime`), damaged
     (`_Damage`: packets skipped, frames concealed) and cut_short (`_cut_short`)."""
     import av
 
     s, device = net.scale, next(net.parameters()).device
     stream = is_stream(src)
     batch = batch or (1 if stream else 8)
+    if realtime and not stream:
+        raise SrctlError(f"{src}: --realtime keeps up with a live input (a URL, or - for a pipe)")
     src = src if stream else Path(src)
     if str(dst) == STDIO:
         dst = STDIO
@@ -736,6 +772,7 @@ def upscale_video(
     if device.type == "cuda":  # leave CPU cores to the decoder and encoder (+6% on an H100)
         torch.set_num_threads(min(4, torch.get_num_threads()))
     started, busy, stop, damage = time.perf_counter(), _Busy(), threading.Event(), _Damage()
+    keep_up = _KeepUp() if realtime else None
     try:
         with _ctrl_c_ends(stream, stop), _open(src) as inp, _written(dst, fmt) as out:
             vin = inp.streams.video[0]
@@ -772,7 +809,7 @@ def upscale_video(
                 _upscaled, net, tile=tile, amp=amp, yuv=yuv, size=resize, crop=frame, turn=turn
             )
             rgb, pin = _ToRGB(colours, (w, h)), device.type == "cuda"
-            _transcode(events, vin, encoder, batch, pin, progress, upscale, rgb)
+            _transcode(events, vin, encoder, batch, pin, progress, upscale, rgb, keep_up)
             if encoder.frames == 0:
                 bad = f" ({damage.packets} packets damaged)" if damage.packets else ""
                 raise SrctlError(f"{_name(src)}: no video frames decoded{bad}")
@@ -791,6 +828,7 @@ def upscale_video(
         "scaled": rgb.scaled,
         "left_out": encoder.left_out,
         "ended_by_ctrl_c": stop.is_set(),
+        "dropped": keep_up.dropped if keep_up else 0,
         "damaged": {"packets": damage.packets, "frames": damage.frames},
         "cut_short": cut_short,
     }
